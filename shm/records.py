@@ -17,7 +17,8 @@ QTY_SCALE = 100_000_000
 
 HEADER: tuple[Field, ...] = (
     Field("seq", "u8", doc="sequence number assigned by the record's producer"),
-    Field("t_origin_ns", "i8", doc="CLOCK_MONOTONIC ns when the source received (or was scheduled to emit) the raw message"),
+    Field("t_origin_ns", "i8",
+          doc="CLOCK_MONOTONIC ns when the source received (or was scheduled to emit) the message"),
     Field("t_publish_ns", "i8", doc="CLOCK_MONOTONIC ns when the last stage published this record"),
     Field("symbol", "u4", doc="symbol id: index into the run's symbol table"),
     Field("kind", "u2", doc="record kind, one of the KIND_* constants"),
