@@ -224,6 +224,19 @@ class Board(Ring):
     def slots(self, value: None) -> None:
         pass
 
+    @property
+    def write_view(self) -> np.ndarray:
+        """Per-key records for the single writer (numba): touch key k only between
+        `board_begin(addr, k)` and `board_commit(addr, k)`."""
+        if getattr(self, "_wview", None) is None:
+            self._wview = np.ndarray((self.capacity,), dtype=self.layout.dtype, buffer=self.segment.buffer(),
+                                     offset=self._data_offset + 64, strides=(self.entry_size,))
+        return self._wview
+
+    def close(self) -> None:
+        self._wview = None
+        super().close()
+
     def write(self, key: int, record: np.ndarray | np.void | bytes) -> None:
         """Publish the newest record for `key` (single writer)."""
         dst = lib.tp_board_begin(self.addr, key)

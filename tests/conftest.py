@@ -30,11 +30,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def long_run(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--long"))
-
-
-@pytest.fixture
 def run_id() -> str:
     """A run id unique to the test; its segments are removed (and must be gone) afterwards."""
     rid = "test" + uuid.uuid4().hex[:10]
