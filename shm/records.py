@@ -16,7 +16,7 @@ PRICE_SCALE = 100_000_000
 QTY_SCALE = 100_000_000
 
 HEADER: tuple[Field, ...] = (
-    Field("seq", "u8", doc="sequence number assigned by the record's producer"),
+    Field("seq", "u8", doc="ring position + 1, stamped by the ring at publish (the commit a consumer polls)"),
     Field("t_origin_ns", "i8",
           doc="CLOCK_MONOTONIC ns when the source received (or was scheduled to emit) the message"),
     Field("t_publish_ns", "i8", doc="CLOCK_MONOTONIC ns when the last stage published this record"),

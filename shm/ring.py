@@ -80,6 +80,10 @@ class Ring:
         if not 1 <= n_consumers <= MAX_CONSUMERS:
             raise SegmentError(f"bad consumer count: ring={name} consumers={n_consumers} "
                                f"expected 1..{MAX_CONSUMERS}")
+        seq = next((f for f in layout.fields if f.name == "seq"), None)
+        if seq is None or layout.offsets["seq"] != 0 or seq.code != "u8":
+            raise SegmentError(f"ring records must start with the u64 `seq` of the common header: "
+                               f"ring={name} layout={layout.name}")
         size = lib.tp_ring_bytes(shape, layout.size, capacity, n_consumers)
         seg = Segment.create(segment_path(run, name), size, prefault=prefault)
         rc = lib.tp_ring_init(seg.addr, size, shape, layout.layout_hash, layout.size, capacity,

@@ -1,8 +1,9 @@
 """Numba drivers that push sequenced BENCH records through rings and verify them.
 
-Shared by the multi-process tests and scripts/bench_rings.py. Every record carries
-seq, value = f(seq) and check = g(seq, value), so a reader detects loss, duplication,
-reordering and torn records without trusting the transport.
+Shared by the multi-process tests and scripts/bench_rings.py. The producer's own
+counter travels in `value` and `check = g(value)`; the ring stamps `seq = position + 1` at
+publish. A reader checks both, so loss, duplication, reordering and torn records are
+detected without trusting the transport.
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ _MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
 @numba.njit(inline="always")
-def payload(seq: int) -> tuple:
-    value = np.uint64(seq) * _MUL + np.uint64(7)
-    check = np.uint64(seq) ^ (value >> np.uint64(3))
-    return value, check
+def checksum(counter: int) -> np.uint64:
+    return (np.uint64(counter) * _MUL + np.uint64(7)) ^ (np.uint64(counter) >> np.uint64(3))
 
 
 @numba.njit(inline="always")
@@ -72,10 +71,8 @@ def produce(addr, slots, mask, start, n, batch, mode, spin_ns, yield_ns, deadlin
         pos = tp.prod_pos(addr)
         for i in range(k):
             r = slots[(pos + i) & mask]
-            value, check = payload(seq)
-            r.seq = seq
-            r.value = value
-            r.check = check
+            r.value = seq
+            r.check = checksum(seq)
             r.kind = 1
             seq += 1
         tp.publish(addr, k)
@@ -103,13 +100,12 @@ def consume_verify(addr, ci, slots, mask, start, n, batch, mode, spin_ns, yield_
         pos = tp.cons_pos(addr, ci)
         for i in range(k):
             r = slots[(pos + i) & mask]
-            value, check = payload(expect)
-            if r.seq != expect:
+            if r.value != expect or r.seq != pos + i + 1:
                 if stats[ST_BAD_SEQ] == 0:
                     stats[ST_FIRST_BAD] = expect
                 stats[ST_BAD_SEQ] += 1
-                expect = r.seq  # resynchronise so one fault is not counted n times
-            elif r.value != value or r.check != check:
+                expect = r.value  # resynchronise so one fault is not counted n times
+            elif r.check != checksum(expect):
                 stats[ST_BAD_PAYLOAD] += 1
             expect += 1
         stats[ST_RECEIVED] += k
@@ -127,7 +123,7 @@ def ping(out_addr, out_slots, out_mask, in_addr, in_ci, in_slots, in_mask, n, wa
         pos = tp.prod_pos(out_addr)
         r = out_slots[pos & out_mask]
         t0 = tp.now_ns()
-        r.seq = i
+        r.value = i
         r.t_origin_ns = t0
         tp.publish(out_addr, 1)
         idle_since = 0
@@ -138,7 +134,7 @@ def ping(out_addr, out_slots, out_mask, in_addr, in_ci, in_slots, in_mask, n, wa
             _idle(mode, idle_since, now, spin_ns, yield_ns, in_addr, in_ci, False)
         t1 = tp.now_ns()
         back = in_slots[tp.cons_pos(in_addr, in_ci) & in_mask]
-        if back.seq != i:
+        if back.value != i:
             return -1
         tp.release(in_addr, in_ci, 1)
         if i >= warmup:
@@ -160,7 +156,7 @@ def pong(in_addr, in_ci, in_slots, in_mask, out_addr, out_slots, out_mask, n, mo
         while tp.claim(out_addr, 1) == 0:
             tp.pause()
         dst = out_slots[tp.prod_pos(out_addr) & out_mask]
-        dst.seq = src.seq
+        dst.value = src.value
         dst.t_origin_ns = src.t_origin_ns
         tp.release(in_addr, in_ci, 1)
         tp.publish(out_addr, 1)

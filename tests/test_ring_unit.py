@@ -16,8 +16,8 @@ from shm.segment import SegmentError, cleanup_dead, list_segments, pid_alive, pr
 
 def _batch(start: int, n: int) -> np.ndarray:
     a = np.zeros(n, R.BENCH.dtype)
-    a["seq"] = np.arange(start, start + n)
-    a["value"] = a["seq"] * 3 + 1
+    a["value"] = np.arange(start, start + n)
+    a["check"] = a["value"] * 3 + 1
     return a
 
 
@@ -39,10 +39,12 @@ def test_full_ring_refuses_then_accepts(run_id: str) -> None:
         assert p.claim(1) == 0 and p.write(_batch(8, 1)) == 0
         assert not p.offer(b"\0" * 64)
         assert ring.lag(0) == 8
-        assert list(c.read(3)["seq"]) == [0, 1, 2]
+        assert list(c.read(3)["value"]) == [0, 1, 2]
         assert p.claim(5) == 3  # only what was released
         assert p.write(_batch(8, 5)) == 3
-        assert list(c.read(100)["seq"]) == list(range(3, 11))
+        got = c.read(100)
+        assert list(got["value"]) == list(range(3, 11))
+        assert list(got["seq"]) == list(range(4, 12))  # the ring stamps seq = position + 1
 
 
 def test_wraparound_many_times_preserves_order(run_id: str) -> None:
@@ -53,8 +55,9 @@ def test_wraparound_many_times_preserves_order(run_id: str) -> None:
         for _ in range(2000):
             written += p.write(_batch(written, int(rng.integers(0, 20))))
             got = c.read(int(rng.integers(0, 20)))
-            assert np.array_equal(got["seq"], np.arange(read, read + len(got)))
-            assert np.array_equal(got["value"], got["seq"] * 3 + 1)
+            assert np.array_equal(got["value"], np.arange(read, read + len(got)))
+            assert np.array_equal(got["seq"], got["value"] + 1)
+            assert np.array_equal(got["check"], got["value"] * 3 + 1)
             read += len(got)
         assert ring.producer_position == written > 16 * 100
         assert ring.consumer_position(0) == read
@@ -69,12 +72,14 @@ def test_claim_publish_peek_release_batch_edges(run_id: str) -> None:
             assert k == n
             base = p.position
             for i in range(k):
-                slots[(base + i) & ring.mask]["seq"] = base + i
+                slots[(base + i) & ring.mask]["value"] = base + i
             assert c.peek(n) == 0  # nothing visible before publish
             p.publish(k)
             assert c.peek(10) == k
             start = c.position
-            assert [int(slots[(start + i) & ring.mask]["seq"]) for i in range(k)] == list(range(start, start + k))
+            got = [int(slots[(start + i) & ring.mask]["value"]) for i in range(k)]
+            assert got == list(range(start, start + k))
+            assert [int(slots[(start + i) & ring.mask]["seq"]) for i in range(k)] == list(range(start + 1, start + k + 1))
             c.release(k)
             assert c.peek(10) == 0
 
@@ -87,7 +92,8 @@ def test_offer_poll_round_trip(run_id: str) -> None:
             rec = _batch(i, 1)
             assert p.offer(rec.tobytes())
             assert c.poll(out)
-            assert np.frombuffer(ffi.buffer(out), R.BENCH.dtype)[0]["seq"] == i
+            got = np.frombuffer(ffi.buffer(out), R.BENCH.dtype)[0]
+            assert got["value"] == i and got["seq"] == i + 1
 
 
 def test_broadcast_held_by_slowest_and_lag(run_id: str) -> None:
