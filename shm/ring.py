@@ -15,6 +15,7 @@ Layout of the header and cursors: native/tickpipe.h. Algorithm: native/tickpipe.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -270,6 +271,9 @@ class Producer:
         h = ring.hdr
         h.prod_pid = os.getpid()
         h.prod_start_time = process_start_time(os.getpid())
+        #: fast path for plain-Python hot loops: offer_raw(data, size) -> 0/1, a C call with no
+        #: Python frame in between (a method call costs ~100 ns more on this VM)
+        self.offer_raw = partial(lib.tp_offer, self.addr)
         self.heartbeat()
 
     def claim(self, n: int) -> int:
@@ -322,6 +326,8 @@ class Consumer:
         c.pid = os.getpid()
         c.start_time = process_start_time(os.getpid())
         self._c = c
+        #: fast path for plain-Python hot loops: poll_raw(cffi_char_buffer, size) -> 0/1
+        self.poll_raw = partial(lib.tp_poll, self.addr, index)
         if parks:
             ring.enable_park()
         self.heartbeat()

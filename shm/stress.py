@@ -113,25 +113,36 @@ def consume_verify(addr, ci, slots, mask, start, n, batch, mode, spin_ns, yield_
     return stats[ST_RECEIVED]
 
 
+@numba.njit(inline="always")
+def _wait_readable(addr, ci, mode, spin_ns, yield_ns):
+    # spin without reading the clock; look at it only every 256 empty polls
+    polls = 0
+    idle_since = 0
+    while tp.peek(addr, ci, 1) == 0:
+        polls += 1
+        if mode == IDLE_SPIN or polls & 255:
+            tp.pause()
+            continue
+        now = tp.now_ns()
+        if idle_since == 0:
+            idle_since = now
+        _idle(mode, idle_since, now, spin_ns, yield_ns, addr, ci, False)
+
+
 @numba.njit
 def ping(out_addr, out_slots, out_mask, in_addr, in_ci, in_slots, in_mask, n, warmup, mode, spin_ns,
          yield_ns, samples):
-    """Send one record, wait for its echo, time the round trip; samples[i] = RTT ns (after warm-up)."""
+    """Send one record, wait for its echo; samples[i] = RTT ns (after warm-up). One clock read per
+    round trip: the read that ends one round trip starts the next."""
+    t0 = tp.now_ns()
     for i in range(n + warmup):
         while tp.claim(out_addr, 1) == 0:
             tp.pause()
-        pos = tp.prod_pos(out_addr)
-        r = out_slots[pos & out_mask]
-        t0 = tp.now_ns()
+        r = out_slots[tp.prod_pos(out_addr) & out_mask]
         r.value = i
         r.t_origin_ns = t0
         tp.publish(out_addr, 1)
-        idle_since = 0
-        while tp.peek(in_addr, in_ci, 1) == 0:
-            now = tp.now_ns()
-            if idle_since == 0:
-                idle_since = now
-            _idle(mode, idle_since, now, spin_ns, yield_ns, in_addr, in_ci, False)
+        _wait_readable(in_addr, in_ci, mode, spin_ns, yield_ns)
         t1 = tp.now_ns()
         back = in_slots[tp.cons_pos(in_addr, in_ci) & in_mask]
         if back.value != i:
@@ -139,6 +150,7 @@ def ping(out_addr, out_slots, out_mask, in_addr, in_ci, in_slots, in_mask, n, wa
         tp.release(in_addr, in_ci, 1)
         if i >= warmup:
             samples[i - warmup] = t1 - t0
+        t0 = t1
     return n
 
 
@@ -146,12 +158,7 @@ def ping(out_addr, out_slots, out_mask, in_addr, in_ci, in_slots, in_mask, n, wa
 def pong(in_addr, in_ci, in_slots, in_mask, out_addr, out_slots, out_mask, n, mode, spin_ns, yield_ns):
     """Echo n records from `in` to `out` (the far end of `ping`, or a middle stage of a chain)."""
     for _ in range(n):
-        idle_since = 0
-        while tp.peek(in_addr, in_ci, 1) == 0:
-            now = tp.now_ns()
-            if idle_since == 0:
-                idle_since = now
-            _idle(mode, idle_since, now, spin_ns, yield_ns, in_addr, in_ci, False)
+        _wait_readable(in_addr, in_ci, mode, spin_ns, yield_ns)
         src = in_slots[tp.cons_pos(in_addr, in_ci) & in_mask]
         while tp.claim(out_addr, 1) == 0:
             tp.pause()

@@ -79,7 +79,8 @@ def test_claim_publish_peek_release_batch_edges(run_id: str) -> None:
             start = c.position
             got = [int(slots[(start + i) & ring.mask]["value"]) for i in range(k)]
             assert got == list(range(start, start + k))
-            assert [int(slots[(start + i) & ring.mask]["seq"]) for i in range(k)] == list(range(start + 1, start + k + 1))
+            seqs = [int(slots[(start + i) & ring.mask]["seq"]) for i in range(k)]
+            assert seqs == list(range(start + 1, start + k + 1))
             c.release(k)
             assert c.peek(10) == 0
 
