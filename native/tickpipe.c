@@ -19,6 +19,7 @@
 #define TP_SHAPE_SPSC 1u
 #define TP_SHAPE_BROADCAST 2u
 #define TP_SHAPE_BOARD 3u
+#define TP_SHAPE_BLOB 4u /* plain shared state (control, counters, histograms): no cursors used */
 #define TP_MAX_CONSUMERS 32u
 #define TP_PAGE 4096u
 
@@ -64,9 +65,9 @@ uint64_t tp_ring_bytes(uint32_t shape, uint32_t slot_size, uint64_t capacity, ui
 int32_t tp_ring_init(uint64_t base, uint64_t segment_size, uint32_t shape, uint64_t layout_hash,
                      uint32_t slot_size, uint64_t capacity, uint32_t n_consumers,
                      uint32_t pid, uint64_t start_time) {
-    if (shape < TP_SHAPE_SPSC || shape > TP_SHAPE_BOARD) return -1;
+    if (shape < TP_SHAPE_SPSC || shape > TP_SHAPE_BLOB) return -1;
     if (slot_size == 0 || slot_size % 64) return -2;
-    if (shape != TP_SHAPE_BOARD && (capacity == 0 || (capacity & (capacity - 1)))) return -3;
+    if (shape <= TP_SHAPE_BROADCAST && (capacity == 0 || (capacity & (capacity - 1)))) return -3;
     if (n_consumers == 0 || n_consumers > TP_MAX_CONSUMERS) return -4;
     if (segment_size < tp_ring_bytes(shape, slot_size, capacity, n_consumers)) return -5;
     tp_ring_hdr_t *h = hdr(base);

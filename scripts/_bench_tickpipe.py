@@ -29,6 +29,11 @@ MODES = {
     "spin": (stress.IDLE_SPIN, 0, 0),
     "yield": (stress.IDLE_YIELD, 20_000, 1 << 62),
     "park": (stress.IDLE_PARK, 20_000, 200_000),
+    # park at once: what a wake-up from a futex costs
+    "park-now": (stress.IDLE_PARK, 0, 0),
+    # shared cores: never spin (a spinning waiter delays the stage it shares a core with)
+    "yield-now": (stress.IDLE_YIELD, 0, 1 << 62),
+    "yield-park": (stress.IDLE_PARK, 0, 200_000),
 }
 
 
@@ -50,7 +55,7 @@ def _warm() -> None:
         for m in MODES.values():
             stress.produce(a.addr, a.slots, a.mask, 0, 1, 1, m[0], m[1], m[2], lib.tp_now_ns() + 10**10)
             stress.pong(a.addr, 0, a.slots, a.mask, b.addr, b.slots, b.mask, 1, m[0], m[1], m[2])
-            stress.ping(a.addr, a.slots, a.mask, b.addr, 0, b.slots, b.mask, 0, 0, m[0], m[1], m[2], s)
+            stress.ping(a.addr, a.slots, a.mask, b.addr, 0, b.slots, b.mask, 0, 0, m[0], m[1], m[2], s, 0)
             stress.pong(b.addr, 0, b.slots, b.mask, a.addr, a.slots, a.mask, 1, m[0], m[1], m[2])
             stress.consume_verify(a.addr, 0, a.slots, a.mask, 0, 1, 1, m[0], m[1], m[2], lib.tp_now_ns() + 10**10,
                                   np.zeros(stress.N_STATS, np.int64))
@@ -64,25 +69,26 @@ def _relay(run: str, src: str, dst: str, cpu: int, n: int, mode: str) -> None:
     _pin(cpu)
     a = SpscRing.attach(run, src, R.BENCH)
     b = SpscRing.attach(run, dst, R.BENCH)
-    a.consumer(parks=mode == "park")
+    a.consumer(parks=MODES[mode][0] == stress.IDLE_PARK)
     b.producer()
     m = MODES[mode]
     stress.pong(a.addr, 0, a.slots, a.mask, b.addr, b.slots, b.mask, n, m[0], m[1], m[2])
     os._exit(0)
 
 
-def chain_rtt(n: int, cpus: list[int], mode: str = "spin", warmup: int = 2000) -> np.ndarray:
+def chain_rtt(n: int, cpus: list[int], mode: str = "spin", warmup: int = 2000,
+              ping_mode: str | None = None, gap_ns: int = 0) -> np.ndarray:
     """Round trips through len(cpus) processes in a ring of SPSC rings; cpus[0] pings.
 
-    With two entries this is the plain ping-pong; with ['0','1','0','1'] it is the 4-process
-    chain on 2 cores."""
+    With two entries this is the plain ping-pong; with [0, 1, 0, 1] it is the 4-process chain
+    on 2 cores. `mode` is the relays' wait, `ping_mode` the pinger's (default: the same)."""
     run = new_run_id()
     k = len(cpus)
     names = [f"h{i}" for i in range(k)]
     rings = _rings(run, names)
     kids = []
     try:
-        if mode == "park":
+        if MODES[mode][0] == stress.IDLE_PARK:
             for r in rings:
                 r.enable_park()
         for i in range(1, k):
@@ -92,11 +98,11 @@ def chain_rtt(n: int, cpus: list[int], mode: str = "spin", warmup: int = 2000) -
         _pin(cpus[0])
         out, back = rings[0], rings[-1]
         out.producer()
-        back.consumer(parks=mode == "park")
+        back.consumer(parks=MODES[mode][0] == stress.IDLE_PARK)
         samples = np.zeros(n, np.int64)
-        m = MODES[mode]
+        m = MODES[ping_mode or mode]
         rc = stress.ping(out.addr, out.slots, out.mask, back.addr, 0, back.slots, back.mask, n, warmup,
-                         m[0], m[1], m[2], samples)
+                         m[0], m[1], m[2], samples, gap_ns)
         if rc != n:
             raise RuntimeError(f"ping-pong lost or reordered an echo: mode={mode} rc={rc}")
         for p in kids:
@@ -292,3 +298,38 @@ def floor_run(args: list[str]) -> dict:
         raise RuntimeError("no C compiler found (set CC)")
     res = subprocess.run([str(exe), *args], check=True, capture_output=True, text=True, timeout=600)
     return json.loads(res.stdout)
+
+
+def _idle_consumer(run: str, cpu: int, seconds: float) -> None:
+    _pin(cpu)
+    r = SpscRing.attach(run, "idle", R.BENCH)
+    r.consumer(parks=True)
+    st = np.zeros(stress.N_STATS, np.int64)
+    m = MODES["park"]
+    stress.consume_verify(r.addr, 0, r.slots, r.mask, 0, 1, 1, m[0], m[1], m[2],
+                          lib.tp_now_ns() + int(seconds * 1e9), st)
+    os._exit(0)
+
+
+def idle_cpu_fraction(cpu: int, seconds: float = 3.0) -> float:
+    """CPU share burnt by a consumer parked on an empty ring (spin→yield→park) for `seconds`."""
+    run = new_run_id()
+    ring = SpscRing.create(run, "idle", R.BENCH, CAPACITY)
+    kid = CTX.Process(target=_idle_consumer, args=(run, cpu, seconds))
+    try:
+        kid.start()
+        time.sleep(0.5)  # past start-up
+        def cpu_ticks() -> int:
+            with open(f"/proc/{kid.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        t0, c0 = time.monotonic(), cpu_ticks()
+        time.sleep(seconds - 1.0)
+        t1, c1 = time.monotonic(), cpu_ticks()
+        kid.join(seconds + 30)
+        return (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+    finally:
+        if kid.is_alive():
+            kid.kill()
+            kid.join()
+        ring.close()

@@ -35,7 +35,8 @@ from shm.segment import (
 SHAPE_SPSC = 1
 SHAPE_BROADCAST = 2
 SHAPE_BOARD = 3
-SHAPE_NAMES = {SHAPE_SPSC: "spsc", SHAPE_BROADCAST: "broadcast", SHAPE_BOARD: "board"}
+SHAPE_BLOB = 4
+SHAPE_NAMES = {SHAPE_SPSC: "spsc", SHAPE_BROADCAST: "broadcast", SHAPE_BOARD: "board", SHAPE_BLOB: "blob"}
 #: Consumers per ring: the producer keeps their parked flags in one 32-bit word.
 MAX_CONSUMERS = 32
 
@@ -74,15 +75,15 @@ class Ring:
     def _create(cls, run: str, name: str, layout: Layout, capacity: int, n_consumers: int,
                 *, prefault: bool = True) -> Ring:
         shape = cls.SHAPE
-        if shape != SHAPE_BOARD and (capacity < 2 or capacity & (capacity - 1)):
+        if shape in (SHAPE_SPSC, SHAPE_BROADCAST) and (capacity < 2 or capacity & (capacity - 1)):
             raise SegmentError(f"capacity must be a power of two >= 2: ring={name} capacity={capacity}")
-        if shape == SHAPE_BOARD and capacity < 1:
-            raise SegmentError(f"a board needs at least one key: ring={name} keys={capacity}")
+        if shape in (SHAPE_BOARD, SHAPE_BLOB) and capacity < 1:
+            raise SegmentError(f"needs at least one entry: ring={name} entries={capacity}")
         if not 1 <= n_consumers <= MAX_CONSUMERS:
             raise SegmentError(f"bad consumer count: ring={name} consumers={n_consumers} "
                                f"expected 1..{MAX_CONSUMERS}")
         seq = next((f for f in layout.fields if f.name == "seq"), None)
-        if seq is None or layout.offsets["seq"] != 0 or seq.code != "u8":
+        if shape != SHAPE_BLOB and (seq is None or layout.offsets["seq"] != 0 or seq.code != "u8"):
             raise SegmentError(f"ring records must start with the u64 `seq` of the common header: "
                                f"ring={name} layout={layout.name}")
         size = lib.tp_ring_bytes(shape, layout.size, capacity, n_consumers)
@@ -124,7 +125,7 @@ class Ring:
                         extra = f" ({SHAPE_NAMES.get(want)} expected, {SHAPE_NAMES.get(got, '?')} found)"
                     raise RingMismatch(f"segment {path}: field={field} expected={_fmt(field, want)} "
                                        f"found={_fmt(field, got)}{extra}")
-            if cls.SHAPE != SHAPE_BOARD and hdr.capacity & (hdr.capacity - 1):
+            if cls.SHAPE in (SHAPE_SPSC, SHAPE_BROADCAST) and hdr.capacity & (hdr.capacity - 1):
                 raise RingMismatch(f"segment {path}: field=capacity expected=power of two "
                                    f"found={hdr.capacity}")
             if int(hdr.data_offset) != lib.tp_data_offset(hdr.n_consumers):
@@ -260,6 +261,32 @@ class Board(Ring):
     def version(self) -> int:
         """Total updates over all keys: what consumers wait on."""
         return self.producer_position
+
+
+class Blob(Ring):
+    """Plain shared state with the standard header (so attach checks and dead-run cleanup apply):
+    an array of `n` records of `layout`, e.g. per-process control words, counters, histograms."""
+
+    SHAPE = SHAPE_BLOB
+
+    @classmethod
+    def create(cls, run: str, name: str, layout: Layout, n: int, *, prefault: bool = True) -> Blob:
+        return cls._create(run, name, layout, n, 1, prefault=prefault)  # type: ignore[return-value]
+
+    def __init__(self, seg: Segment, layout: Layout, name: str) -> None:
+        super().__init__(seg, layout, name)
+        self.mask = -1
+
+    @property
+    def slots(self) -> np.ndarray:
+        if getattr(self, "_slots", None) is None:
+            self._slots = np.frombuffer(self.segment.buffer(), dtype=self.layout.dtype,
+                                        count=self.capacity, offset=self._data_offset)
+        return self._slots
+
+    @slots.setter
+    def slots(self, value: None) -> None:
+        self._slots = value
 
 
 class Producer:

@@ -120,7 +120,7 @@ def _wait_readable(addr, ci, mode, spin_ns, yield_ns):
     idle_since = 0
     while tp.peek(addr, ci, 1) == 0:
         polls += 1
-        if mode == IDLE_SPIN or polls & 255:
+        if mode == IDLE_SPIN or (spin_ns > 0 and polls & 255):
             tp.pause()
             continue
         now = tp.now_ns()
@@ -131,11 +131,16 @@ def _wait_readable(addr, ci, mode, spin_ns, yield_ns):
 
 @numba.njit
 def ping(out_addr, out_slots, out_mask, in_addr, in_ci, in_slots, in_mask, n, warmup, mode, spin_ns,
-         yield_ns, samples):
+         yield_ns, samples, gap_ns=0):
     """Send one record, wait for its echo; samples[i] = RTT ns (after warm-up). One clock read per
-    round trip: the read that ends one round trip starts the next."""
+    round trip: the read that ends one round trip starts the next. `gap_ns` > 0 waits that long
+    between round trips (not timed), so a parking peer is really asleep when the next one comes."""
     t0 = tp.now_ns()
     for i in range(n + warmup):
+        if gap_ns > 0:
+            while tp.now_ns() - t0 < gap_ns:
+                tp.pause()
+            t0 = tp.now_ns()
         while tp.claim(out_addr, 1) == 0:
             tp.pause()
         r = out_slots[tp.prod_pos(out_addr) & out_mask]
