@@ -1,0 +1,182 @@
+"""Replay of recorded captures: `<ts_ns> <json>` per line, gzip or plain (told apart by magic bytes).
+
+`CaptureReader` streams (ts_ns, raw) pairs in large chunks, so memory stays flat on any file size and
+the per-line cost is a split and an int(). Lines that are not `<int> <payload>` are skipped and
+counted, never fatal.
+
+The pacing maths are pure functions so they can be tested without a clock:
+
+    due_ns = start_ns + (ts - ts0 - offset_ns) / speed        (speed 0: due immediately)
+
+and with `loop`, pass k shifts every timestamp by k * (span + loop_gap_ns), so time keeps increasing.
+`paced()` composes them over a reader; the feed waits until `due_ns` (`wait_until`), stamps the
+record's `t_origin_ns` with `due_ns` (the *scheduled* time, so a stall downstream shows up as latency)
+and reports its own lateness (actual - due).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+#: First two bytes of every gzip member.
+GZIP_MAGIC = b"\x1f\x8b"
+#: Bytes read per chunk: big enough that the per-chunk Python overhead vanishes, small for the cache.
+CHUNK_BYTES = 1 << 20
+#: Default pause between the last message of a loop pass and the first of the next.
+LOOP_GAP_NS = 1_000_000
+#: Before a deadline, sleep until this close, then spin (sleep overshoots by ~50-100 µs on Linux).
+SPIN_NS = 200_000
+
+
+class CaptureReader:
+    """Iterate (ts_ns, raw_json_bytes) over one capture file; `lines` and `bad_lines` count as it goes."""
+
+    def __init__(self, path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"capture not found: path={self.path}")
+        self.chunk_bytes = chunk_bytes
+        self.lines = 0
+        self.bad_lines = 0
+        with open(self.path, "rb") as f:
+            self.compressed = f.read(2) == GZIP_MAGIC
+
+    def _open(self) -> BinaryIO:
+        return gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        tail = b""
+        with self._open() as f:
+            while True:
+                chunk = f.read(self.chunk_bytes)
+                if not chunk:
+                    break
+                lines = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
+                tail = lines.pop()  # incomplete last line (or b"" after a final newline)
+                yield from self._lines(lines)
+        if tail:
+            yield from self._lines([tail])
+
+    def _lines(self, lines: list[bytes]) -> Iterator[tuple[int, bytes]]:
+        for line in lines:
+            sp = line.find(b" ")
+            if sp <= 0:
+                if line.strip():
+                    self.bad_lines += 1
+                continue
+            try:
+                ts = int(line[:sp])
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            self.lines += 1
+            yield ts, line[sp + 1:]  # orjson accepts the trailing '\r' of CRLF files as whitespace
+
+
+def read_capture(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """(ts_ns, raw) for every well-formed line of a capture, streaming."""
+    return iter(CaptureReader(path))
+
+
+# -- pacing maths (pure) ----------------------------------------------------------------------------
+def schedule_ns(ts_ns: int, ts0_ns: int, start_ns: int, speed: float, offset_ns: int = 0) -> int:
+    """When a message recorded at `ts_ns` is due: start_ns + (ts - ts0 - offset) / speed.
+
+    `ts0_ns` is the capture's first timestamp, `offset_ns` the replay's start offset into it, so the
+    first replayed message is due at `start_ns`. Speed 0 means as fast as possible: due at once
+    (returns `start_ns`, which is never in the future).
+    """
+    if speed < 0:
+        raise ValueError(f"speed must be >= 0: speed={speed}")
+    if speed == 0:
+        return start_ns
+    rel = ts_ns - ts0_ns - offset_ns
+    return start_ns + (rel if speed == 1 else round(rel / speed))
+
+
+def in_window(ts_ns: int, ts0_ns: int, offset_ns: int = 0, duration_ns: int | None = None) -> bool:
+    """Whether a message recorded at `ts_ns` falls in [ts0 + offset, ts0 + offset + duration)."""
+    rel = ts_ns - ts0_ns - offset_ns
+    return rel >= 0 and (duration_ns is None or rel < duration_ns)
+
+
+def loop_shift_ns(pass_index: int, first_ts_ns: int, last_ts_ns: int, loop_gap_ns: int = LOOP_GAP_NS) -> int:
+    """Shift added to the timestamps of loop pass `pass_index` (0 for the first pass).
+
+    Each pass lasts span + gap, so the first message of pass k+1 comes `loop_gap_ns` after the last of
+    pass k and timestamps keep increasing.
+    """
+    return pass_index * (last_ts_ns - first_ts_ns + loop_gap_ns)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How to replay a capture: speed factor, start offset and duration into it, loop."""
+
+    speed: float = 1.0
+    offset_ns: int = 0
+    duration_ns: int | None = None
+    loop: bool = False
+    loop_gap_ns: int = LOOP_GAP_NS
+
+    def __post_init__(self) -> None:
+        if self.speed < 0:
+            raise ValueError(f"speed must be >= 0: speed={self.speed}")
+        if self.offset_ns < 0:
+            raise ValueError(f"offset must be >= 0: offset_ns={self.offset_ns}")
+        if self.duration_ns is not None and self.duration_ns <= 0:
+            raise ValueError(f"duration must be > 0: duration_ns={self.duration_ns}")
+        if self.loop_gap_ns <= 0:
+            raise ValueError(f"loop gap must be > 0: loop_gap_ns={self.loop_gap_ns}")
+
+
+def paced(messages: Callable[[], Iterator[tuple[int, bytes]]], start_ns: int,
+          opts: ReplayOptions) -> Iterator[tuple[int, int, bytes]]:
+    """(due_ns, shifted_ts_ns, raw) for every message in the replay window, looping if asked.
+
+    `messages` opens a fresh pass over the capture each call (e.g. `lambda: read_capture(path)`).
+    `ts0` is the first timestamp of the file; the window is [ts0 + offset, ts0 + offset + duration).
+    A pass that yields nothing ends the replay, even with `loop`.
+    """
+    ts0: int | None = None
+    first0 = last0 = 0  # span of pass 0, which fixes the shift of every later pass
+    k = 0
+    while True:
+        shift = loop_shift_ns(k, first0, last0, opts.loop_gap_ns)
+        n = 0
+        for ts, raw in messages():
+            if ts0 is None:
+                ts0 = ts
+            rel = ts - ts0 - opts.offset_ns
+            if rel < 0:
+                continue
+            if opts.duration_ns is not None and rel >= opts.duration_ns:
+                break  # captures are in arrival order: nothing later is in the window
+            if k == 0:
+                if n == 0:
+                    first0 = ts
+                last0 = ts
+            n += 1
+            st = ts + shift
+            yield schedule_ns(st, ts0, start_ns, opts.speed, opts.offset_ns), st, raw
+        if n == 0 or not opts.loop:
+            return
+        k += 1
+
+
+def wait_until(deadline_ns: int, now_ns: Callable[[], int] = time.monotonic_ns,
+               spin_ns: int = SPIN_NS) -> int:
+    """Sleep until `spin_ns` before the deadline, then spin; returns the lateness (now - deadline, >= 0)."""
+    now = now_ns()
+    left = deadline_ns - now
+    if left > spin_ns:
+        time.sleep((left - spin_ns) * 1e-9)
+    while (now := now_ns()) < deadline_ns:
+        pass
+    return now - deadline_ns
