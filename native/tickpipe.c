@@ -184,15 +184,36 @@ int32_t tp_prod_park(uint64_t base, int64_t timeout_ns) {
     return r;
 }
 
+/* Copy a record into a slot without its first word: `seq` is the slot's commit flag and only
+   tp_publish may write it (a record forwarded from another ring carries a seq that could equal
+   this slot's commit value and publish it early). */
+static inline void copy_payload(char *dst, const char *src, uint32_t size) {
+    if (size > 8) memcpy(dst + 8, src + 8, size - 8);
+}
+
 int32_t tp_offer(uint64_t base, const char *src, uint32_t size) {
     /* claim one, copy, publish: one call from plain Python instead of three */
     tp_ring_hdr_t *h = hdr(base);
     if (tp_claim(base, 1) != 1) return 0;
     uint64_t pos = LOAD_RLX(&h->pos);
-    memcpy((void *)(uintptr_t)(base + h->data_offset + (pos & (h->capacity - 1)) * h->slot_size), src,
-           size < h->slot_size ? size : h->slot_size);
+    copy_payload((char *)(uintptr_t)(base + h->data_offset + (pos & (h->capacity - 1)) * h->slot_size), src,
+                 size < h->slot_size ? size : h->slot_size);
     tp_publish(base, 1);
     return 1;
+}
+
+int64_t tp_write(uint64_t base, uint64_t src, int64_t n, uint32_t src_stride) {
+    /* claim up to n, copy them (handling the wrap, skipping seq), publish: returns the count */
+    tp_ring_hdr_t *h = hdr(base);
+    int64_t k = tp_claim(base, n);
+    if (k <= 0) return 0;
+    uint64_t pos = LOAD_RLX(&h->pos);
+    uint32_t size = src_stride < h->slot_size ? src_stride : h->slot_size;
+    for (int64_t i = 0; i < k; i++)
+        copy_payload((char *)(uintptr_t)(base + h->data_offset + ((pos + (uint64_t)i) & (h->capacity - 1)) * h->slot_size),
+                     (const char *)(uintptr_t)(src + (uint64_t)i * src_stride), size);
+    tp_publish(base, k);
+    return k;
 }
 
 /* ---- consumer ---- */

@@ -77,6 +77,7 @@ void tp_publish(uint64_t base, int64_t n);
 uint64_t tp_prod_pos(uint64_t base);
 int32_t tp_prod_park(uint64_t base, int64_t timeout_ns);
 int32_t tp_offer(uint64_t base, const char *src, uint32_t size);
+int64_t tp_write(uint64_t base, uint64_t src, int64_t n, uint32_t src_stride);
 
 /* consumer */
 int64_t tp_peek(uint64_t base, int32_t ci, int64_t n);

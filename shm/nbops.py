@@ -24,6 +24,7 @@ register_with_numba()
 
 claim = lib.tp_claim
 publish = lib.tp_publish
+write = lib.tp_write
 prod_pos = lib.tp_prod_pos
 prod_park = lib.tp_prod_park
 peek = lib.tp_peek

@@ -319,17 +319,12 @@ class Producer:
         return bool(lib.tp_offer(self.addr, data, len(data)))
 
     def write(self, records: np.ndarray) -> int:
-        """Copy as many of `records` as fit (handling the wrap), publish them; returns the count."""
-        k = lib.tp_claim(self.addr, len(records))
-        if k:
-            slots = self.ring.slots
-            start = lib.tp_prod_pos(self.addr) & self.ring.mask
-            first = min(k, self.ring.capacity - start)
-            slots[start:start + first] = records[:first]
-            if k > first:
-                slots[:k - first] = records[first:k]
-            lib.tp_publish(self.addr, k)
-        return k
+        """Copy as many of `records` as fit (handling the wrap), publish them; returns the count.
+
+        Each record's `seq` is left to the ring (it is the slot's commit flag)."""
+        if records.dtype.itemsize != self.ring.slot_size or not records.flags.c_contiguous:
+            records = np.ascontiguousarray(records, dtype=self.ring.layout.dtype)
+        return int(lib.tp_write(self.addr, records.ctypes.data, len(records), records.dtype.itemsize))
 
     def park(self, timeout_ns: int) -> bool:
         """Sleep until a consumer frees space or `timeout_ns` passes; False on timeout."""

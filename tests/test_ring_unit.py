@@ -240,3 +240,29 @@ def test_park_times_out_and_wakes(run_id: str) -> None:
         p.write(_batch(0, 1))
         assert c.park(1_000_000_000)  # data already there: returns at once
         assert not ring.hdr.waiters
+
+
+def test_copies_leave_seq_to_the_ring(run_id: str) -> None:
+    # a forwarded record carries another ring's seq; if a copy wrote it, a value equal to the
+    # slot's commit word would publish the slot before its payload is complete
+    ring = SpscRing.create(run_id, "fwd", R.BENCH, 8)
+    try:
+        prod, cons = ring.producer(), ring.consumer()
+        recs = np.zeros(5, R.BENCH.dtype)
+        recs["seq"] = [1, 2, 3, 4, 999]  # what this ring would stamp, and garbage
+        recs["value"] = np.arange(5) + 100
+        assert prod.write(recs[:3]) == 3
+        assert prod.offer(recs[3:4].tobytes())
+        assert prod.write(recs[4:]) == 1
+        got = cons.read(8)
+        assert got["seq"].tolist() == [1, 2, 3, 4, 5]
+        assert got["value"].tolist() == [100, 101, 102, 103, 104]
+        # a wrap inside one write keeps order and seq
+        more = np.zeros(6, R.BENCH.dtype)
+        more["value"] = np.arange(6) + 200
+        assert prod.write(more) == 6
+        got = cons.read(8)
+        assert got["seq"].tolist() == list(range(6, 12))
+        assert got["value"].tolist() == list(range(200, 206))
+    finally:
+        ring.close()
