@@ -67,6 +67,8 @@ FLAG_BUYER_MAKER = 1 << 3
 #: Snapshot begin / end markers on KIND_SNAPSHOT records.
 FLAG_SNAPSHOT_BEGIN = 1 << 4
 FLAG_SNAPSHOT_END = 1 << 5
+#: Score: the model's output 0 is above its threshold (an anomaly is flagged).
+FLAG_ANOMALY = 1 << 6
 
 # -- markets ----------------------------------------------------------------------------------
 #: Spot: first diff obeys U <= lastUpdateId+1 <= u.
