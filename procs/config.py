@@ -24,7 +24,7 @@ class RunConfig:
     placement: str = "auto"  #: e.g. "feed,book@0 strategy,inference@1"; auto picks from the cores
     wait: str = "auto"  #: spin | yield | park | auto, with parameters: "park:yield_ns=100000"
     out_dir: str = "runs"  #: each run writes a folder here
-    status_interval_s: float = 1.0  #: one status line this often (quiet when not a terminal)
+    status_interval_s: float = 1.0  #: one status line this often (--quiet turns them off)
     snapshot_interval_s: float = 1.0  #: histogram interval for the .hlog files
     ready_timeout_s: float = 120.0  #: give up if a stage is not ready (JIT compiled, attached) by then
     stop_grace_s: float = 3.0  #: SIGTERM, then SIGKILL after this long

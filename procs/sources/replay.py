@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,6 +83,26 @@ class CaptureReader:
 def read_capture(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
     """(ts_ns, raw) for every well-formed line of a capture, streaming."""
     return iter(CaptureReader(path))
+
+
+_STREAM_SYMBOL = re.compile(rb'"stream"\s*:\s*"([A-Za-z0-9_\-]+)@')
+_FIELD_SYMBOL = re.compile(rb'"s"\s*:\s*"([A-Za-z0-9_\-]+)"')
+
+
+def scan_symbols(path: str | os.PathLike[str], max_lines: int = 2_000_000) -> list[str]:
+    """Symbols of a capture in order of first appearance (upper-case), from its first `max_lines` lines.
+
+    The launcher sizes the books and boards from this before any stage starts; a symbol that first
+    appears later is counted by the parser as unknown, never silently added."""
+    seen: dict[str, None] = {}
+    reader = CaptureReader(path)
+    for i, (_, raw) in enumerate(reader):
+        if i >= max_lines:
+            break
+        m = _STREAM_SYMBOL.search(raw) or _FIELD_SYMBOL.search(raw)
+        if m:
+            seen.setdefault(m.group(1).decode().upper(), None)
+    return list(seen)
 
 
 # -- pacing maths (pure) ----------------------------------------------------------------------------
