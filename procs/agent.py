@@ -1,0 +1,72 @@
+"""The agent shape every stage has: on_start, do_work, on_close.
+
+    class Book(Agent):
+        name = "book"
+        COUNTERS = ("records_in", "books_out", ...)
+        def on_start(self, ctx): ...   # attach rings, warm the JIT
+        def do_work(self) -> int: ...  # drain a batch, one numba kernel, publish; returns work done
+        def on_close(self): ...
+
+The host process (procs/host.py) loops `idle.idle(sum(agent.do_work() for agent in agents))`
+until the stop flag. Counters live in shared memory (`ctx.counters`, named by COUNTERS) so the
+launcher reads them without asking the stage; histograms likewise (`ctx.hist_hop`, `ctx.hist_e2e`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from procs.config import Config
+
+#: Counters each agent may name; the shared stats record has room for this many.
+MAX_COUNTERS = 32
+
+
+@dataclass
+class AgentContext:
+    run: str
+    #: the run's output folder (reports, logs, labels)
+    run_dir: str
+    config: Config
+    symbols: list[str]
+    #: this agent's counters (uint64[MAX_COUNTERS]) in shared memory, named by the agent's COUNTERS
+    counters: np.ndarray
+    #: HDR counts of hop latency (input record's t_publish_ns to now) and since t_origin_ns
+    hist_hop: np.ndarray
+    hist_e2e: np.ndarray
+    log: logging.Logger
+
+
+class Agent:
+    name: ClassVar[str] = "agent"
+    #: a source produces from outside the rings; it is stopped first so the others can drain
+    SOURCE: ClassVar[bool] = False
+    #: names of this agent's counters, in slot order
+    COUNTERS: ClassVar[tuple[str, ...]] = ()
+
+    def on_start(self, ctx: AgentContext) -> None:
+        """Attach rings, allocate buffers, compile the kernels. Runs before the readiness barrier."""
+        self.ctx = ctx
+
+    def do_work(self) -> int:
+        """One pass: returns how much work was done (0 lets the idle strategy wait)."""
+        raise NotImplementedError
+
+    def on_close(self) -> None:
+        """Release what on_start took. Called once, also after a failure."""
+
+    def parker(self) -> Callable[[int], bool] | None:
+        """A futex wait on this agent's main input, for park-capable idle strategies."""
+        return None
+
+    def finished(self) -> bool:
+        """True when a source agent has nothing more to produce (end of a replay)."""
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {}

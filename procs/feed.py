@@ -1,0 +1,175 @@
+"""feed: a source (replay file or the built-in market) → parsed MARKET records → the market ring.
+
+Replay is paced on the recorded receive timestamps scaled by `speed`; a message's t_origin_ns
+is its *scheduled* emission time, so a stall anywhere downstream shows up as latency rather
+than silently stretching the schedule (no coordinated omission). At speed 0 there is no
+schedule: t_origin_ns is when the feed picked the message up. The feed's own lateness (now -
+scheduled) is its hop histogram.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from procs.agent import Agent, AgentContext
+from procs.kernels.parse_json import ERR_NO_SPACE, PARSE_COUNTER_NAMES, Parser, SymbolTable
+from procs.sources.replay import SPIN_NS, ReplayOptions, paced, read_capture
+from shm import hdr
+from shm.native import lib
+from shm.records import MARKET
+from shm.ring import SpscRing
+
+#: Messages taken per do_work(): enough to amortise the ring calls, small enough to stay fresh.
+BATCH_MESSAGES = 64
+#: Malformed messages logged in full (all are counted).
+LOG_BAD_MESSAGES = 20
+#: Records staged per do_work(): room for a full 5000-level REST snapshot (10,000 records).
+STAGE_RECORDS = 16384
+
+
+def open_source(ctx: AgentContext, start_ns: int) -> Iterator[tuple[int, int, bytes]]:
+    """(due_ns, source_ts_ns, raw) in emission order."""
+    src = ctx.config.source
+    if src.kind == "replay":
+        opts = ReplayOptions(speed=src.speed, offset_ns=int(src.start_offset_s * 1e9),
+                             duration_ns=int(src.replay_duration_s * 1e9) or None, loop=src.loop)
+        return paced(lambda: read_capture(src.path), start_ns, opts)
+    from procs.sources import simulator
+
+    return simulator.paced_messages(ctx.config, start_ns, labels_path=os.path.join(ctx.run_dir, "labels.jsonl"))
+
+
+class Feed(Agent):
+    name = "feed"
+    SOURCE = True
+    COUNTERS = ("messages_out", "records_out", "ring_full", *PARSE_COUNTER_NAMES, "messages_forwarded")
+
+    def on_start(self, ctx: AgentContext) -> None:
+        super().on_start(ctx)
+        self.ring = SpscRing.attach(ctx.run, "market", MARKET)
+        self.prod = self.ring.producer()
+        # the launcher scanned the source for its symbols: any other symbol is counted, not added
+        # a single-symbol capture may hold a bare REST snapshot, which names no symbol
+        self.parser = Parser(SymbolTable(ctx.symbols, auto_add=False),
+                             bare_symbol=ctx.symbols[0] if len(ctx.symbols) == 1 else None)
+        self.stage = np.zeros(STAGE_RECORDS, MARKET.dtype)
+        self.asap = ctx.config.source.speed == 0
+        self.max_messages = ctx.config.run.max_messages
+        self._src: Iterator[tuple[int, int, bytes]] | None = None
+        self._pending: tuple[int, int, bytes] | None = None
+        self._done = False
+        self._sent = 0
+        self._full = 0
+        self._records = 0
+        self._calls = 0
+        self._logged = 0
+        self._fwd = 0
+        self._bl_start = self._bl_end = 0  # staged records not yet in the ring
+        self._lat = np.zeros(BATCH_MESSAGES, np.int64)
+        hdr.record_many(ctx.hist_hop, self._lat[:0])  # compile before the barrier
+
+    def _next(self) -> tuple[int, int, bytes] | None:
+        if self._pending is None and not self._done:
+            if self._src is None:  # the schedule starts at the first do_work(), after the barrier
+                self._src = open_source(self.ctx, lib.tp_now_ns())
+            self._pending = next(self._src, None)
+            if self._pending is None:
+                self._done = True
+        return self._pending
+
+    def do_work(self) -> int:
+        if self._bl_end > self._bl_start:
+            # the ring was full: finish the staged batch before parsing more, never blocking (the
+            # book may run in this same thread)
+            return self._flush()
+        if self._done or (self.max_messages and self._sent >= self.max_messages):
+            self._done = True
+            return 0
+        now = lib.tp_now_ns()
+        n_rec = 0
+        n_msg = 0
+        stage = self.stage
+        parse = self.parser.parse
+        lat = self._lat
+        while n_msg < BATCH_MESSAGES:
+            item = self._next()
+            if item is None or (not self.asap and item[0] > now):
+                break
+            due = now if self.asap else item[0]
+            n = parse(item[2], due, stage, n_rec)
+            if n == ERR_NO_SPACE:
+                if n_rec:
+                    break  # the next call stages it
+                # larger than the whole staging area: counted by the parser, logged, skipped
+                self.ctx.log.error("message with more than %d records skipped: %r", len(stage), item[2][:200])
+                self._pending = None
+                continue
+            if n < 0 and self._logged < LOG_BAD_MESSAGES:  # counted by the parser; the first few are shown
+                self._logged += 1
+                self.ctx.log.warning("malformed message (error %d, counted, skipped): %r", n, item[2][:200])
+            lat[n_msg] = now - due
+            n_rec += max(n, 0)
+            self._fwd += n > 0  # messages that became records (unknown types and errors do not)
+            n_msg += 1
+            self._pending = None
+            if self.max_messages and self._sent + n_msg >= self.max_messages:
+                break
+        if n_msg == 0:
+            self._export()  # idle: a good moment to publish counters
+            return 0
+        if n_rec:
+            stage["t_publish_ns"][:n_rec] = lib.tp_now_ns()
+            self._bl_start, self._bl_end = 0, n_rec
+            self._flush()
+        self._sent += n_msg
+        self._records += n_rec
+        hdr.record_many(self.ctx.hist_hop, lat[:n_msg])
+        hdr.record_many(self.ctx.hist_e2e, lat[:n_msg])
+        self._calls += 1
+        if self._calls & 63 == 0:  # numpy writes cost ~1 µs: not on every call
+            self._export()
+        return n_msg
+
+    def _flush(self) -> int:
+        """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
+        written = self.prod.write(self.stage[self._bl_start:self._bl_end])
+        self._bl_start += written
+        if self._bl_start < self._bl_end:
+            self._full += 1
+        return written
+
+    def _export(self) -> None:
+        c = self.ctx.counters
+        c[0] = self._sent
+        c[1] = self._records
+        c[2] = self._full
+        self.parser.export_counters(c[3:])
+        c[3 + len(PARSE_COUNTER_NAMES)] = self._fwd
+
+    def parker(self) -> Callable[[int], bool]:
+        """Sleep until shortly before the next message is due (then the idle strategy spins)."""
+
+        def park(timeout_ns: int) -> bool:
+            item = self._pending
+            if item is None or self.asap:
+                return False
+            left = item[0] - lib.tp_now_ns() - SPIN_NS
+            if left > 0:
+                time.sleep(min(left, timeout_ns) * 1e-9)
+            return True
+
+        return park
+
+    def finished(self) -> bool:
+        return self._done and self._bl_start >= self._bl_end
+
+    def on_close(self) -> None:
+        self._export()
+        self.ring.close()
+
+
+AGENT = Feed
