@@ -109,6 +109,10 @@ class PyzmqIpc(Transport):
         shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
 
 
+#: iceoryx2's receive polls; a lost sample would otherwise hang the benchmark
+RECV_TIMEOUT_S = 10.0
+
+
 class _IoxMsg(ctypes.Structure):
     _fields_ = [("data", ctypes.c_uint8 * MSG)]
 
@@ -138,7 +142,9 @@ class Iceoryx2(Transport):
                 .subscriber_max_buffer_size(BATCH * 64).history_size(0).open_or_create()
             pub = svc_out.publisher_builder().create()
             sub = svc_in.subscriber_builder().create()
-            time.sleep(0.2)  # let both ends connect before the first sample
+            # a sample sent before the peer's subscriber exists is lost (history 0): give the peer time to
+            # connect, and let recv() time out rather than hang if it still happens on a loaded machine
+            time.sleep(1.0)
             keep = (node, svc_out, svc_in)
 
             def send(data: bytes) -> None:
@@ -147,12 +153,16 @@ class Iceoryx2(Transport):
                 s.write_payload(payload).send()
 
             def recv() -> bytes:
+                deadline = time.monotonic() + RECV_TIMEOUT_S
                 while True:
                     s = sub.receive()
                     if s is not None:
                         b = bytes(s.payload().contents.data)
                         s.delete()
                         return b
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"iceoryx2: no sample for {RECV_TIMEOUT_S:g} s (lost before the peer "
+                                           "connected?)")
 
             send.keep = keep  # type: ignore[attr-defined]
             return send, recv
