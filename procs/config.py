@@ -47,6 +47,7 @@ class SimConfig:
     seed: int = 7
     anomalies_per_min: float = 2.0  #: labelled anomalies injected per minute of simulated time
     depth_interval_ms: int = 100  #: depthUpdate aggregation, like @depth@100ms (0: one per event)
+    rate_scale: float = 1.0  #: multiplies the order-flow rates (2: twice the messages per simulated second)
 
 
 @dataclass
@@ -116,6 +117,8 @@ class Config:
             need(cap >= 2 and cap & (cap - 1) == 0, f"rings.{name}", "a power of two >= 2", cap)
         need(self.run.duration_s >= 0, "run.duration_s", ">= 0", self.run.duration_s)
         need(self.run.max_messages >= 0, "run.max_messages", ">= 0", self.run.max_messages)
+        need(self.sim.rate_scale > 0, "sim.rate_scale", "> 0", self.sim.rate_scale)
+        need(self.sim.depth_interval_ms >= 0, "sim.depth_interval_ms", ">= 0", self.sim.depth_interval_ms)
         need(len(self.sim.symbols) >= 1, "sim.symbols", "at least one symbol", self.sim.symbols)
         need(self.strategy.max_position > 0, "strategy.max_position", "> 0", self.strategy.max_position)
 
