@@ -59,9 +59,13 @@ class Feed(Agent):
         self.stage = np.zeros(STAGE_RECORDS, MARKET.dtype)
         self.asap = ctx.config.source.speed == 0
         self.max_messages = ctx.config.run.max_messages
-        self._src: Iterator[tuple[int, int, bytes]] | None = None
+        # the source is opened (file read, simulator built and warmed) before the barrier, on a schedule
+        # relative to 0; the first do_work() after go fixes the base, so the first message is not late
+        self._src: Iterator[tuple[int, int, bytes]] = open_source(ctx, 0)
+        self._first = next(self._src, None)
+        self._base = 0
         self._pending: tuple[int, int, bytes] | None = None
-        self._done = False
+        self._done = self._first is None  # an empty source ends at once
         self._sent = 0
         self._full = 0
         self._records = 0
@@ -74,11 +78,11 @@ class Feed(Agent):
 
     def _next(self) -> tuple[int, int, bytes] | None:
         if self._pending is None and not self._done:
-            if self._src is None:  # the schedule starts at the first do_work(), after the barrier
-                self._src = open_source(self.ctx, lib.tp_now_ns())
-            self._pending = next(self._src, None)
-            if self._pending is None:
+            item = next(self._src, None)
+            if item is None:
                 self._done = True
+            else:
+                self._pending = (item[0] + self._base, item[1], item[2])
         return self._pending
 
     def do_work(self) -> int:
@@ -90,6 +94,10 @@ class Feed(Agent):
             self._done = True
             return 0
         now = lib.tp_now_ns()
+        if self._first is not None:  # the first call after go: the schedule starts now
+            self._base = now
+            self._pending = (self._first[0] + now, self._first[1], self._first[2])
+            self._first = None
         n_rec = 0
         n_msg = 0
         stage = self.stage
