@@ -1,0 +1,239 @@
+"""procs/model.py and the shipped models/anomaly.onnx: loading, scoring, sidecar validation, the graph itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from procs.model import Model
+from shm.features import FEATURE_NAMES
+from shm.records import FEATURES, FLAG_ANOMALY, SCORE
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "anomaly.onnx"
+N = len(FEATURE_NAMES)
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    if not SHIPPED.exists():
+        pytest.fail(f"shipped model missing: {SHIPPED} (run scripts/train_model.py)")
+    return Model.load(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    """Plausible raw feature rows: the sidecar's mean ± a few std, plus a realistic mid."""
+    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    rng = np.random.default_rng(0)
+    x = np.zeros((64, N))
+    x[:, 0] = 100.0 + rng.normal(size=64)
+    for name, mu, sd in zip(meta["features"], meta["mean"], meta["std"], strict=True):
+        x[:, FEATURE_NAMES.index(name)] = mu + 3 * sd * rng.normal(size=64)
+    return x
+
+
+def _copy_model(tmp_path: Path, edit) -> Path:
+    """The shipped model copied to tmp_path with its sidecar passed through `edit(meta)`."""
+    dst = tmp_path / "m.onnx"
+    shutil.copy(SHIPPED, dst)
+    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    edit(meta)
+    dst.with_suffix(".json").write_text(json.dumps(meta))
+    return dst
+
+
+# -- loading and scoring ---------------------------------------------------------------------------
+
+def test_loads_shipped_model(model: Model) -> None:
+    assert model.outputs[0] == "anomaly"  # procs/inference.py compares column 0 to the threshold
+    assert model.n_outputs == len(model.outputs) >= 1
+    assert 0 < model.threshold < 1
+    assert 0 <= model.model_id < 2**32
+    assert model.feature_index == [FEATURE_NAMES.index(f) for f in model.features]
+    assert model.version
+    assert SHIPPED.stat().st_size < 1_000_000
+    for key in ("overall", "per_kind"):
+        assert key in model.metrics
+
+
+def test_score_shape_dtype_range(model: Model, rows: np.ndarray) -> None:
+    for n in (1, 3, 8, 64):
+        s = model.score(rows[:n])
+        assert s.shape == (n, model.n_outputs)
+        assert s.dtype == np.float32
+        assert np.all((s >= 0) & (s <= 1 + 1e-6))
+    # softmax outputs: the kinds sum to P(anomaly)
+    s = model.score(rows)
+    np.testing.assert_allclose(s[:, 1:].sum(axis=1), s[:, 0], atol=1e-5)
+    assert model.score(rows[:0]).shape == (0, model.n_outputs)
+
+
+def test_batch_matches_row_wise(model: Model, rows: np.ndarray) -> None:
+    batch = model.score(rows[:8])
+    one = np.concatenate([model.score(rows[i:i + 1]) for i in range(8)])
+    np.testing.assert_allclose(batch, one, rtol=1e-5, atol=1e-6)
+    # a second call of the same size must not change the first result (buffers are reused inside)
+    again = model.score(rows[8:16])
+    np.testing.assert_allclose(model.score(rows[:8]), batch, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(again, batch)
+
+
+def test_score_takes_strided_feature_views(model: Model, rows: np.ndarray) -> None:
+    # procs/inference.py passes rows["values"] of a FEATURES record array: a strided view
+    rec = np.zeros(8, FEATURES.dtype)
+    rec["values"] = rows[:8]
+    np.testing.assert_allclose(model.score(rec["values"]), model.score(np.ascontiguousarray(rows[:8])),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.score(rows[:8].astype(np.float32)), model.score(rows[:8]),
+                               rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        model.score(rows[:, :5])
+
+
+def test_fits_score_record(model: Model, rows: np.ndarray) -> None:
+    # what procs/inference.py does with the outputs: the first SCORE.values slots, column 0 vs threshold
+    slots = SCORE.dtype["values"].shape[0]
+    s = model.score(rows[:4])
+    rec = np.zeros(1, SCORE.dtype)
+    k = min(model.n_outputs, slots)
+    rec["values"][0, :k] = s[0, :k]
+    rec["flags"] = FLAG_ANOMALY if s[0, 0] > model.threshold else 0
+    assert rec["values"][0, 0] == pytest.approx(float(s[0, 0]))
+
+
+# -- the graph is what the sidecar says --------------------------------------------------------------
+
+def _numpy_forward(onnx_path: Path, meta: dict, x_raw: np.ndarray) -> np.ndarray:
+    """The documented architecture in numpy, with the weights read from the ONNX initializers:
+    z = (x - mean) / std -> asinh -> Gemm -> relu -> Gemm -> relu -> Gemm -> softmax -> [1 - p0, p1..]."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    g = onnx.load(str(onnx_path)).graph
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
+    gemms = [n for n in g.node if n.op_type == "Gemm"]
+    ops = [n.op_type for n in g.node]
+    assert len(gemms) == 3, ops
+    assert ops.count("Relu") == 2 and ops.count("Softmax") == 1 and ops[0] == "Asinh", ops
+    idx = [FEATURE_NAMES.index(f) for f in meta["features"]]
+    h = np.arcsinh((x_raw[:, idx] - np.asarray(meta["mean"])) / np.asarray(meta["std"]))
+    for i, node in enumerate(gemms):
+        attrs = {a.name: a for a in node.attribute}
+        w = init[node.input[1]]
+        b = init[node.input[2]]
+        trans_b = attrs["transB"].i if "transB" in attrs else 0
+        h = h @ (w.T if trans_b else w) + b
+        if i < len(gemms) - 1:
+            h = np.maximum(h, 0.0)
+    e = np.exp(h - h.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    return np.concatenate([1.0 - p[:, :1], p[:, 1:]], axis=1)
+
+
+def test_onnx_graph_equals_numpy_mlp(model: Model, rows: np.ndarray) -> None:
+    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    want = _numpy_forward(SHIPPED, meta, rows)
+    np.testing.assert_allclose(model.score(rows), want, rtol=1e-4, atol=1e-5)
+
+
+def test_permuted_feature_order_is_mapped(tmp_path: Path, model: Model, rows: np.ndarray) -> None:
+    """A model whose sidecar lists the features in another order (first layer permuted to match)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    k = len(meta["features"])
+    perm = np.random.default_rng(1).permutation(k)
+    mo = onnx.load(str(SHIPPED))
+    first = next(n for n in mo.graph.node if n.op_type == "Gemm")
+    t = next(t for t in mo.graph.initializer if t.name == first.input[1])
+    w = numpy_helper.to_array(t)  # (hidden, k) with transB=1: input column j = feature j
+    t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, perm]), t.name))
+    dst = tmp_path / "perm.onnx"
+    onnx.save(mo, str(dst))
+    meta["features"] = [meta["features"][i] for i in perm]
+    meta["mean"] = [meta["mean"][i] for i in perm]
+    meta["std"] = [meta["std"][i] for i in perm]
+    dst.with_suffix(".json").write_text(json.dumps(meta))
+    m2 = Model.load(dst)
+    assert m2.feature_index == [FEATURE_NAMES.index(f) for f in meta["features"]]
+    assert m2.feature_index != model.feature_index
+    assert m2.model_id != model.model_id
+    np.testing.assert_allclose(m2.score(rows), model.score(rows), rtol=1e-4, atol=1e-5)
+
+
+# -- sidecar validation ----------------------------------------------------------------------------
+
+def _drop(field: str):
+    return lambda meta: meta.pop(field)
+
+
+@pytest.mark.parametrize(("edit", "field", "found"), [
+    (_drop("threshold"), "threshold", "missing"),
+    (_drop("features"), "features", "missing"),
+    (_drop("metrics"), "metrics", "missing"),
+    (lambda m: m["mean"].pop(), "mean", "items"),
+    (lambda m: m["std"].append(1.0), "std", "items"),
+    (lambda m: m["features"].__setitem__(2, "no_such_feature"), "features", "no_such_feature"),
+    (lambda m: m["features"].__setitem__(2, m["features"][1]), "features", "duplicates"),
+    (lambda m: m["std"].__setitem__(3, float("nan")), "std[3]", "nan"),
+    (lambda m: m["std"].__setitem__(0, 0.0), "std[0]", "0.0"),
+    (lambda m: m["mean"].__setitem__(1, "1.5"), "mean[1]", "1.5"),
+    (lambda m: m.__setitem__("threshold", 1.5), "threshold", "1.5"),
+    (lambda m: m.__setitem__("outputs", []), "outputs", "[]"),
+    (lambda m: m["outputs"].pop(), "outputs", "names"),
+    (lambda m: m.__setitem__("version", 3), "version", "3"),
+    (lambda m: m.__setitem__("trained_on", []), "trained_on", "list"),
+])
+def test_bad_sidecar_names_field(tmp_path: Path, edit, field: str, found: str) -> None:
+    path = _copy_model(tmp_path, edit)
+    with pytest.raises(ValueError) as ei:
+        Model.load(path)
+    msg = str(ei.value)
+    assert f"'{field}'" in msg and "expected" in msg and "found" in msg and found in msg, msg
+
+
+def test_missing_or_broken_files(tmp_path: Path) -> None:
+    path = _copy_model(tmp_path, lambda m: None)
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Model.load(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match="sidecar"):
+        Model.load(path)
+    with pytest.raises(FileNotFoundError):
+        Model.load(tmp_path / "absent.onnx")
+
+
+# -- on real (simulated) data ----------------------------------------------------------------------
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_model", ROOT / "scripts" / "train_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_model", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flags_simulated_anomalies(model: Model) -> None:
+    """Mean P(anomaly) inside labelled windows of a short held-out simulation beats the calm rows."""
+    try:
+        import procs.sources.simulator  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"simulator not available: {e}")
+    tm = _train_module()
+    ds = tm.simulate(11, 90.0, ["BTCUSDT", "ETHUSDT"], anomalies_per_min=6.0, progress=False)
+    inside = ds.y != 0
+    if not inside.any():
+        pytest.skip("no labelled anomaly in the short run")
+    s = np.concatenate([model.score(ds.x[i:i + 4096]) for i in range(0, len(ds.x), 4096)])
+    p_in, p_out = float(s[inside, 0].mean()), float(s[~inside, 0].mean())
+    assert p_in > p_out + 0.1, (p_in, p_out)
+    assert np.mean(s[inside, 0] > model.threshold) > np.mean(s[~inside, 0] > model.threshold)
