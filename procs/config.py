@@ -64,6 +64,7 @@ class StrategyConfig:
     order_qty: float = 0.01
     max_position: float = 1.0
     requote_bps: float = 0.5  #: only move a quote when it is off by more than this
+    pause_hold_ms: float = 500.0  #: after an anomaly alert, stay out until the flag has been clear this long
 
 
 @dataclass
@@ -120,6 +121,9 @@ class Config:
         need(self.sim.rate_scale > 0, "sim.rate_scale", "> 0", self.sim.rate_scale)
         need(self.sim.depth_interval_ms >= 0, "sim.depth_interval_ms", ">= 0", self.sim.depth_interval_ms)
         need(len(self.sim.symbols) >= 1, "sim.symbols", "at least one symbol", self.sim.symbols)
+        need(self.strategy.pause_hold_ms >= 0, "strategy.pause_hold_ms", ">= 0", self.strategy.pause_hold_ms)
+        need(self.inference.intra_op_threads >= 1, "inference.intra_op_threads", ">= 1 (0 would take every core)",
+             self.inference.intra_op_threads)
         need(self.strategy.max_position > 0, "strategy.max_position", "> 0", self.strategy.max_position)
 
 

@@ -107,7 +107,8 @@ class StrategyAgent(Agent):
         self.scores = Board.attach(ctx.run, "scores", SCORE)
         self.state, self.glob = sk.alloc(n_sym)
         params = sk.params_from(cfg.spread_bps, cfg.skew_bps, round(cfg.order_qty * QTY_SCALE),
-                                round(cfg.max_position * QTY_SCALE), cfg.requote_bps)
+                                round(cfg.max_position * QTY_SCALE), cfg.requote_bps,
+                                cfg.pause_hold_ms)
         pack = Pack()
         ix = {
             "b_addr": pack.scalar(self.books.addr), "o_addr": pack.scalar(self.orders.addr),

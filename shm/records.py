@@ -122,7 +122,7 @@ SCORE = record(
     Field("feature_seq", "u8", doc="seq of the feature record that was scored"),
     Field("model_id", "u4"),
     Field("n_outputs", "u4"),
-    Field("values", "f8", 4, doc="model outputs, meaning given by the model's sidecar"),
+    Field("values", "f8", 8, doc="model outputs (up to 8), meaning given by the model's sidecar"),
 )
 
 ORDER = record(

@@ -11,8 +11,9 @@ P = PRICE_SCALE
 Q = QTY_SCALE
 
 
-def book(bid: float, ask: float, bq: float = 1.0, aq: float = 1.0, valid: bool = True) -> np.ndarray:
+def book(bid: float, ask: float, bq: float = 1.0, aq: float = 1.0, valid: bool = True, t_ms: int = 0) -> np.ndarray:
     b = np.zeros(1, BOOK.dtype)
+    b["exch_ts_ms"] = t_ms
     b["bid_px"], b["ask_px"] = round(bid * P), round(ask * P)
     b["bid_qty"], b["ask_qty"] = round(bq * Q), round(aq * Q)
     b["flags"] = FLAG_BOOK_VALID if valid else 0
@@ -28,9 +29,11 @@ def score(prob: float = 0.0, alert: bool = False) -> np.ndarray:
 
 
 class Harness:
-    def __init__(self, spread_bps: float = 2.0, requote_bps: float = 0.5, max_position: float = 1.0) -> None:
+    def __init__(self, spread_bps: float = 2.0, requote_bps: float = 0.5, max_position: float = 1.0,
+                 pause_hold_ms: float = 0.0) -> None:
         self.st, self.g = sk.alloc(1)
-        self.params = sk.params_from(spread_bps, 1.0, round(0.01 * Q), round(max_position * Q), requote_bps)
+        self.params = sk.params_from(spread_bps, 1.0, round(0.01 * Q), round(max_position * Q), requote_bps,
+                                     pause_hold_ms)
         self.out = np.zeros(8, ORDER.dtype)
 
     def step(self, b: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
@@ -71,6 +74,19 @@ def test_anomaly_pulls_quotes_and_pauses_until_it_clears() -> None:
     assert len(h.step(book(101.0, 101.02), score(0.95, alert=True))) == 0  # still paused: nothing
     back = h.step(book(101.0, 101.02), score(0.1))
     assert [int(x) for x in back["action"]] == [sk.ACTION_NEW, sk.ACTION_NEW]
+
+
+def test_pause_holds_until_the_flag_has_been_clear_for_the_hold_time() -> None:
+    h = Harness(pause_hold_ms=500)
+    h.step(book(100.0, 100.02, t_ms=1000), score(0.1))
+    assert len(h.step(book(100.0, 100.02, t_ms=1100), score(0.9, alert=True))) == 2  # both pulled
+    # the flag flickers off: still out, for 500 ms of exchange time after the last alert
+    assert len(h.step(book(100.0, 100.02, t_ms=1300), score(0.2))) == 0
+    assert len(h.step(book(100.0, 100.02, t_ms=1500), score(0.9, alert=True))) == 0
+    assert len(h.step(book(100.0, 100.02, t_ms=1999), score(0.2))) == 0
+    back = h.step(book(100.0, 100.02, t_ms=2000), score(0.2))
+    assert [int(x) for x in back["action"]] == [sk.ACTION_NEW, sk.ACTION_NEW]
+    assert h.g[sk.G_PAUSES] == 1  # one pause, not one per flicker
 
 
 def test_score_widens_the_spread() -> None:

@@ -6,7 +6,8 @@ Per BOOK record of a valid book:
   `skew_bps · position / max_position`;
 - half-spread = `spread_bps · (1 + anomaly_prob)`: the more unusual the market, the wider we quote;
 - while the score carries FLAG_ANOMALY (output above the model's threshold) both quotes are
-  cancelled and none are placed until the flag clears;
+  cancelled and none are placed until the flag has been clear for `pause_hold_ms` of exchange time
+  (the flag flickers at the edges of an anomaly; requoting on every flicker would be order spam);
 - quotes never cross the book (post-only), a side at its position limit is not quoted, and a quote
   moves only when the target is more than `requote_bps` away (no order spam on every tick).
 
@@ -28,7 +29,8 @@ Q_BID_ID = 2  #: client order id of the resting bid
 Q_ASK_ID = 3
 Q_PAUSED = 4  #: 1 while the anomaly flag holds
 Q_POSITION = 5  #: signed position, fixed-point qty
-N_QSTATE = 6
+Q_PAUSE_UNTIL_MS = 6  #: exchange time until which the pause holds after the last alert
+N_QSTATE = 7
 
 # -- parameters (float64) -----------------------------------------------------------------------
 P_SPREAD_BPS = 0
@@ -36,7 +38,8 @@ P_SKEW_BPS = 1
 P_ORDER_QTY = 2  #: fixed-point qty as float
 P_MAX_POSITION = 3  #: fixed-point qty as float
 P_REQUOTE_BPS = 4
-N_PARAMS = 5
+P_PAUSE_HOLD_MS = 5
+N_PARAMS = 6
 
 # -- global counters (int64) -------------------------------------------------------------------
 G_NEXT_ID = 0
@@ -62,13 +65,14 @@ def alloc(n_symbols: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def params_from(spread_bps: float, skew_bps: float, order_qty: int, max_position: int,
-                requote_bps: float) -> np.ndarray:
+                requote_bps: float, pause_hold_ms: float = 0.0) -> np.ndarray:
     p = np.zeros(N_PARAMS, np.float64)
     p[P_SPREAD_BPS] = spread_bps
     p[P_SKEW_BPS] = skew_bps
     p[P_ORDER_QTY] = order_qty
     p[P_MAX_POSITION] = max_position
     p[P_REQUOTE_BPS] = requote_bps
+    p[P_PAUSE_HOLD_MS] = pause_hold_ms
     return p
 
 
@@ -107,10 +111,12 @@ def decide(b, score, has_score: bool, st: np.ndarray, params: np.ndarray, g: np.
     if not has_score:
         g[G_NO_SCORE] += 1
     if alert:
+        q[Q_PAUSE_UNTIL_MS] = b.exch_ts_ms + int(params[P_PAUSE_HOLD_MS])
+    if alert or (q[Q_PAUSED] != 0 and b.exch_ts_ms < q[Q_PAUSE_UNTIL_MS]):
         if q[Q_PAUSED] == 0:
             q[Q_PAUSED] = 1
             g[G_PAUSES] += 1
-        # pull both quotes and stay out until the flag clears
+        # pull both quotes and stay out until the flag has been clear for the hold time
         if q[Q_BID_PX] != 0:
             n = _order(out, n, b, g, q[Q_BID_ID], SIDE_BUY, ACTION_CANCEL, q[Q_BID_PX], 0)
             q[Q_BID_PX] = 0
