@@ -173,7 +173,10 @@ class Feed(Agent):
         return park
 
     def finished(self) -> bool:
-        return self._done and self._bl_start >= self._bl_end
+        done = self._done and self._bl_start >= self._bl_end
+        if done:
+            self._export()  # the launcher reads the final counts as soon as it sees `finished`
+        return done
 
     def on_close(self) -> None:
         self._export()

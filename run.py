@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""tickpipe: run the pipeline (feed → book → strategy, inference beside it) and report its latency.
+
+    python run.py                                  # demo: the built-in market for 20 s, then the report
+    python run.py --replay CAPTURE --speed 10      # a recorded Binance session, ten times faster
+    python run.py --config my.toml --set strategy.spread_bps=3
+
+Settings come from the defaults, then the TOML file (--config), then the options below; every
+setting is documented in tickpipe.example.toml. Exit status: 0 on a normal end (duration,
+--max-messages, end of the replay), 1 when a stage fails or dies, 2 on a bad configuration,
+128+N when stopped by signal N (130 for Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+from procs import config as cfgmod
+from procs.config import Config, ConfigError
+from procs.placement import PlacementError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run.py", description=__doc__.split("\n\n")[0],
+        epilog="Reports go to runs/<time>-<run id>/: summary.json, percentiles.txt, latency.png, "
+               "hlog/*.hlog (HdrHistogram interval logs), stages.log, orders.bin, labels.jsonl (simulator).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("source")
+    src.add_argument("--replay", metavar="FILE",
+                     help="replay a capture (<ts_ns> <json> lines, gzip or plain) instead of the built-in market")
+    src.add_argument("--speed", type=float, metavar="X",
+                     help="pacing: 1 real time, 10 ten times faster, 0.5 half speed, 0 as fast as possible "
+                          "(default 1)")
+    src.add_argument("--start-offset", type=float, metavar="S", help="replay: skip the first S seconds of the capture")
+    src.add_argument("--replay-duration", type=float, metavar="S", help="replay: play only S seconds of the capture")
+    src.add_argument("--loop", action="store_true", default=None, help="replay: start again at the end")
+    src.add_argument("--symbols", metavar="A,B",
+                     help="simulator: symbols to simulate (default BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT)")
+    src.add_argument("--seed", type=int, help="simulator: random seed (default 7)")
+    run = p.add_argument_group("run")
+    run.add_argument("--config", metavar="TOML", help="settings file (see tickpipe.example.toml)")
+    run.add_argument("--duration", type=float, metavar="S",
+                     help="stop after S seconds (default 20 for the simulator; a replay plays to its end; 0: no limit)")
+    run.add_argument("--max-messages", type=int, metavar="N", help="stop after the feed has published N messages")
+    run.add_argument("--placement", metavar="TEXT",
+                     help="processes and CPUs, e.g. 'feed,book@0 strategy,inference@1' (default: auto, from the "
+                          "cores available: one agent per core on a big host, grouped on a small one)")
+    run.add_argument("--wait", metavar="SPEC",
+                     help="idle strategy: spin | yield[:spin_ns=N] | park[:spin_ns=N,yield_ns=N,park_timeout_ns=N] "
+                          "| auto (default: spin only when every process has a core of its own, else park)")
+    run.add_argument("--model", metavar="ONNX", help="anomaly model with a sidecar JSON (default models/anomaly.onnx)")
+    run.add_argument("--out", metavar="DIR", help="folder for run reports (default runs/)")
+    run.add_argument("--realtime", action="store_true", default=None,
+                     help="mlockall, and SCHED_FIFO for pinned stages that park (warns when not permitted or "
+                          "when it would starve a core)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override any setting, e.g. --set rings.market=131072 (value in TOML syntax); repeatable")
+    run.add_argument("--quiet", action="store_true", help="no status lines, only errors and the report path")
+    run.add_argument("--print-config", action="store_true", help="print the effective settings as TOML and exit")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    o: dict[str, dict] = {}
+
+    def put(section: str, key: str, value: object) -> None:
+        if value is not None:
+            o.setdefault(section, {})[key] = value
+
+    if args.replay:
+        put("source", "kind", "replay")
+        put("source", "path", args.replay)
+    put("source", "speed", args.speed)
+    put("source", "start_offset_s", args.start_offset)
+    put("source", "replay_duration_s", args.replay_duration)
+    put("source", "loop", args.loop)
+    if args.symbols:
+        put("sim", "symbols", [s.strip().upper() for s in args.symbols.split(",") if s.strip()])
+    put("sim", "seed", args.seed)
+    put("run", "duration_s", args.duration)
+    put("run", "max_messages", args.max_messages)
+    put("run", "placement", args.placement)
+    put("run", "wait", args.wait)
+    put("run", "out_dir", args.out)
+    put("run", "realtime", args.realtime)
+    put("inference", "model", args.model)
+    for item in args.set:
+        key, eq, val = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set strategy.spread_bps=3")
+        try:
+            value = tomllib.loads(f"v = {val}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = val  # a bare word is a string
+        o.setdefault(section, {})[name] = value
+    return o
+
+
+def _to_toml(d: dict) -> str:
+    lines = []
+    for section, values in d.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, bool):
+                lines.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, str):
+                lines.append(f'{k} = "{v}"')
+            elif isinstance(v, list):
+                lines.append(f"{k} = [{', '.join(repr(x).replace(chr(39), chr(34)) for x in v)}]")
+            else:
+                lines.append(f"{k} = {v}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    config = cfgmod.load(args.config)
+    file_sets_duration = False
+    if args.config:
+        with open(args.config, "rb") as f:
+            file_sets_duration = "duration_s" in tomllib.load(f).get("run", {})
+    config.update(_overrides(args), origin="command line")
+    if config.source.kind == "replay" and args.duration is None and not file_sets_duration:
+        config.run.duration_s = 0.0  # a replay plays to its end unless a duration is asked for
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"run.py: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(_to_toml(config.to_dict()))
+        return 0
+    from procs.launcher import Launcher, RunError
+    from procs.sources.replay import scan_symbols
+
+    if config.source.kind == "replay":
+        symbols = scan_symbols(config.source.path)
+        if not symbols:
+            print(f"run.py: no symbol found in the first lines of {config.source.path} "
+                  "(is it a <ts_ns> <json> capture?)", file=sys.stderr)
+            return 2
+    else:
+        symbols = list(config.sim.symbols)
+    model = Path(config.inference.model)
+    if not model.is_absolute() and not model.is_file() and (Path(__file__).parent / model).is_file():
+        model = Path(__file__).parent / model  # the default works from any working directory
+        config.inference.model = str(model)
+    if not model.is_file() or not model.with_suffix(".json").is_file():
+        print(f"run.py: bad configuration: field=inference.model expected=an ONNX file with a sidecar JSON next "
+              f"to it found={model} (exists: {model.is_file()}, sidecar {model.with_suffix('.json')} exists: "
+              f"{model.with_suffix('.json').is_file()})", file=sys.stderr)
+        return 2
+    try:
+        launcher = Launcher(config, symbols=symbols, quiet=args.quiet)
+    except PlacementError as exc:
+        print(f"run.py: bad configuration: run.placement: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcome = launcher.execute()
+    except RunError as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 1
+    if outcome.exit_code:
+        print(f"run.py: {outcome.reason} (exit {outcome.exit_code})", file=sys.stderr)
+    if args.quiet:
+        print(outcome.run_dir)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

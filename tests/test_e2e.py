@@ -1,0 +1,184 @@
+"""End to end: run.py as a user runs it, on the simulator and on replayed real captures.
+
+Each run starts real stage processes (spawn, pin, JIT from the numba cache), so these tests take
+a few seconds each; they check counts and exit codes, never timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shm.segment import list_segments
+
+ROOT = Path(__file__).resolve().parents[1]
+BTC = "usdm_btcusdt_20240808_120s.lines.gz"
+
+
+def run_py(*args: str, out: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "--out", str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def summary_of(out: Path) -> dict:
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 1, f"expected one run folder in {out}, found {runs}"
+    return json.loads((runs[0] / "summary.json").read_text())
+
+
+def assert_counts_add_up(s: dict) -> None:
+    c = s["counters"]
+    feed, book, strat, sink = c["feed"], c["book"], c["strategy"], c["orders_sink"]
+    # every message the feed published reached the book, every book update the strategy, every order the sink
+    assert feed["messages_out"] > 0
+    assert book["messages_in"] == feed["messages_forwarded"]
+    assert feed["messages_forwarded"] + feed["unknown_type"] + feed["unknown_symbol"] == feed["messages_out"]
+    assert book["records_in"] == feed["records_out"]
+    assert strat["books_in"] == book["books_out"]
+    assert sink["received"] == strat["orders_out"]
+    assert strat["orders_dropped"] == 0
+    assert feed["bad_json"] == feed["bad_field"] == feed["bad_number"] == 0
+    assert book["crossed"] == 0
+    assert s["histograms"]["tick_to_decision"]["count"] == strat["books_in"]
+
+
+def no_segments_left() -> None:
+    assert list_segments() == [], f"segments left: {list_segments()}"
+
+
+def test_simulator_run_exits_0_with_a_report_that_adds_up(tmp_path: Path) -> None:
+    r = run_py("--duration", "4", out=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = summary_of(tmp_path)
+    assert_counts_add_up(s)
+    c = s["counters"]
+    assert c["book"]["gaps"] == 0
+    assert c["inference"]["scored"] > 0
+    assert c["strategy"]["orders"] > 0
+    assert "tick_to_decision" in r.stdout and "p99.9" in r.stdout
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    for name in ("summary.json", "percentiles.txt", "latency.png", "stages.log", "orders.bin"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "hlog").glob("*.hlog"))
+    no_segments_left()
+
+
+def test_replay_speed_0_plays_the_whole_capture(tmp_path: Path, data_dir: Path) -> None:
+    r = run_py("--replay", str(data_dir / BTC), "--speed", "0", out=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = summary_of(tmp_path)
+    assert_counts_add_up(s)
+    c = s["counters"]
+    assert c["feed"]["messages_out"] == 29042  # every line of the capture
+    assert c["book"]["gaps"] == 0 and c["book"]["snapshots"] == 1
+    assert s["meta"]["stop_reason"] == "end of the source"
+    no_segments_left()
+
+
+def test_replay_speed_20_window(tmp_path: Path, data_dir: Path) -> None:
+    r = run_py("--replay", str(data_dir / BTC), "--speed", "20", "--replay-duration", "20", out=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = summary_of(tmp_path)
+    assert_counts_add_up(s)
+    assert 0 < s["counters"]["feed"]["messages_out"] < 29042
+    # paced at speed 20: 20 s of capture take about 1 s (not asserted tightly: a noisy 2-core VM)
+    assert s["rates"]["seconds"] >= 0.9
+    no_segments_left()
+
+
+def test_max_messages_stops_the_run(tmp_path: Path, data_dir: Path) -> None:
+    r = run_py("--replay", str(data_dir / BTC), "--speed", "0", "--max-messages", "5000", out=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = summary_of(tmp_path)
+    assert s["counters"]["feed"]["messages_out"] == 5000
+    assert s["meta"]["stop_reason"] == "message limit reached"
+    assert_counts_add_up(s)
+
+
+def _stage_pids(launcher_pid: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"spawn_main" in cmd:
+                pids.append(int(child))
+    return pids
+
+
+def _start_and_wait_running(tmp_path: Path) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--out", str(tmp_path), "--duration", "60"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    assert p.stdout is not None
+    for line in p.stdout:
+        if "ready in" in line:
+            break
+        assert time.monotonic() < deadline, "stages never became ready"
+    time.sleep(1.0)
+    return p
+
+
+def test_killed_stage_stops_the_run_non_zero_and_cleans_up(tmp_path: Path) -> None:
+    p = _start_and_wait_running(tmp_path)
+    pids = _stage_pids(p.pid)
+    assert pids, "no stage process found"
+    os.kill(pids[-1], signal.SIGKILL)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 1, out
+    assert "died" in out and "SIGKILL" in out
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    no_segments_left()
+
+
+def test_sigint_stops_in_order_with_128_plus_signal(tmp_path: Path) -> None:
+    p = _start_and_wait_running(tmp_path)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out
+    assert "stopped by SIGINT" in out
+    s = summary_of(tmp_path)  # the report is still written
+    assert_counts_add_up(s)
+    no_segments_left()
+
+
+def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
+    r = run_py("--speed", "-1", out=tmp_path)
+    assert r.returncode == 2
+    assert "field=source.speed" in r.stderr and "expected=>= 0" in r.stderr
+    r = run_py("--placement", "feed@0 book@0 strategy@0", out=tmp_path)
+    assert r.returncode == 2 and "inference" in r.stderr
+    r = run_py("--set", "rings.market=1000", out=tmp_path)
+    assert r.returncode == 2 and "field=rings.market" in r.stderr
+    r = run_py("--model", str(tmp_path / "nope.onnx"), out=tmp_path)
+    assert r.returncode == 2 and "field=inference.model" in r.stderr
+    no_segments_left()
+
+
+def test_print_config_round_trips(tmp_path: Path) -> None:
+    r = run_py("--print-config", "--speed", "3", "--set", "strategy.spread_bps=4.5", out=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(r.stdout)
+    r2 = run_py("--print-config", "--config", str(cfg), out=tmp_path)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == r.stdout
+    assert "speed = 3.0" in r.stdout and "spread_bps = 4.5" in r.stdout
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_help_explains_options(flag: str, tmp_path: Path) -> None:
+    r = run_py(flag, out=tmp_path)
+    assert r.returncode == 0
+    for opt in ("--replay", "--speed", "--duration", "--max-messages", "--placement", "--wait", "--realtime"):
+        assert opt in r.stdout
