@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after S seconds (default 20 for the simulator; a replay plays to its end; 0: no limit)")
     run.add_argument("--max-messages", type=int, metavar="N", help="stop after the feed has published N messages")
     run.add_argument("--placement", metavar="TEXT",
-                     help="processes and CPUs, e.g. 'feed,book@0 strategy,inference@1' (default: auto, from the "
+                     help="processes and CPUs, e.g. 'feed,book,strategy@0 inference@1' (default: auto, from the "
                           "cores available: one agent per core on a big host, grouped on a small one)")
     run.add_argument("--wait", metavar="SPEC",
                      help="idle strategy: spin | yield[:spin_ns=N] | park[:spin_ns=N,yield_ns=N,park_timeout_ns=N] "

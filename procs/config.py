@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class RunConfig:
     duration_s: float = 20.0  #: stop after this many seconds (0: until the source ends or Ctrl-C)
     max_messages: int = 0  #: stop after the feed has published this many raw messages (0: no limit)
-    placement: str = "auto"  #: e.g. "feed,book@0 strategy,inference@1"; auto picks from the cores
+    placement: str = "auto"  #: e.g. "feed,book,strategy@0 inference@1"; auto picks from the cores
     wait: str = "auto"  #: spin | yield | park | auto, with parameters: "park:yield_ns=100000"
     out_dir: str = "runs"  #: each run writes a folder here
     status_interval_s: float = 1.0  #: one status line this often (--quiet turns them off)
@@ -71,6 +71,7 @@ class StrategyConfig:
 class InferenceConfig:
     model: str = "models/anomaly.onnx"  #: ONNX model with a sidecar JSON next to it
     intra_op_threads: int = 1
+    min_interval_us: float = 1000.0  #: one scoring pass at most this often (scores are conflated; 0: on every update)
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Config:
         need(self.strategy.pause_hold_ms >= 0, "strategy.pause_hold_ms", ">= 0", self.strategy.pause_hold_ms)
         need(self.inference.intra_op_threads >= 1, "inference.intra_op_threads", ">= 1 (0 would take every core)",
              self.inference.intra_op_threads)
+        need(self.inference.min_interval_us >= 0, "inference.min_interval_us", ">= 0",
+             self.inference.min_interval_us)
         need(self.strategy.max_position > 0, "strategy.max_position", "> 0", self.strategy.max_position)
 
 

@@ -1,0 +1,56 @@
+"""Run configuration and placement: defaults, overrides, and errors that name field, expected, found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from procs import placement as pl
+from procs.config import Config, ConfigError, load
+
+
+def test_default_placement_keeps_the_critical_chain_in_one_thread_on_small_hosts() -> None:
+    assert pl.format_placement(pl.default_placement({0, 1})) == "feed,book,strategy@0 inference@1"
+    assert pl.format_placement(pl.default_placement({3})) == "feed,book,strategy,inference@3"
+    # 3-4 cores: CPU 0 is left to the OS and the launcher
+    assert pl.format_placement(pl.default_placement({0, 1, 2, 3})) == "feed,book,strategy@1 inference@2"
+    # enough cores: one agent per core, none on CPU 0
+    assert pl.format_placement(pl.default_placement(set(range(8)))) == "feed@1 book@2 strategy@3 inference@4"
+
+
+def test_placement_text_round_trips_and_bad_text_names_the_problem() -> None:
+    groups = pl.parse("feed,book@0 strategy,inference@1", cpus={0, 1})
+    assert [g.agents for g in groups] == [("feed", "book"), ("strategy", "inference")]
+    assert pl.format_placement(groups) == "feed,book@0 strategy,inference@1"
+    assert pl.parse("feed,book,strategy,inference", cpus={0})[0].cpu is None  # unpinned
+    with pytest.raises(pl.PlacementError, match="cpu=7 expected one of"):
+        pl.parse("feed,book@7 strategy,inference@1", cpus={0, 1})
+    with pytest.raises(pl.PlacementError, match="agent='booook'"):
+        pl.parse("feed,booook@0 strategy,inference@1", cpus={0, 1})
+    with pytest.raises(pl.PlacementError, match="placed twice"):
+        pl.parse("feed,book@0 book,strategy,inference@1", cpus={0, 1})
+    with pytest.raises(pl.PlacementError, match=r"\['inference'\] not placed"):
+        pl.parse("feed,book@0 strategy@1", cpus={0, 1})
+
+
+def test_overrides_are_typed_and_bad_values_name_the_field(tmp_path: Path) -> None:
+    cfg = Config.from_dict({"strategy": {"spread_bps": 3}, "rings": {"market": 1024}})
+    assert cfg.strategy.spread_bps == 3.0 and cfg.rings.market == 1024
+    with pytest.raises(ConfigError, match=r"field=rings\.market expected=a power of two >= 2 found=1000"):
+        Config.from_dict({"rings": {"market": 1000}})
+    with pytest.raises(ConfigError, match=r"field=strategy\.nope"):
+        Config.from_dict({"strategy": {"nope": 1}})
+    with pytest.raises(ConfigError, match=r"field=inference\.intra_op_threads expected=>= 1"):
+        Config.from_dict({"inference": {"intra_op_threads": 0}})
+    with pytest.raises(ConfigError, match=r"field=source\.path expected=an existing file"):
+        Config.from_dict({"source": {"kind": "replay", "path": str(tmp_path / "missing.gz")}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nduration_s = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+
+
+def test_the_example_file_is_every_default() -> None:
+    example = Path(__file__).resolve().parents[1] / "tickpipe.example.toml"
+    assert load(example).to_dict() == Config().to_dict()
