@@ -3,7 +3,8 @@
 Scoring is conflated on purpose: when features arrive faster than the model scores them, the
 model scores the newest vector of each symbol and skips the rest (the board's per-key update
 counter says how many, counted as `features_skipped`), so the scores never fall behind the market.
-All symbols that changed since the last pass are scored in one batch (one ONNX Runtime call).
+All symbols that changed since the last pass are scored in one batch (one ONNX Runtime call), and
+passes are at most `inference.min_interval_us` apart.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class InferenceAgent(Agent):
         self.lat_hop = np.zeros(n, np.int64)
         self.lat_e2e = np.zeros(n, np.int64)
         self.version = 0
+        # a pass costs ~20 µs (ONNX Runtime call + Python); bounding the pass rate bounds how long the
+        # strategy sharing this thread can be held up, and the CPU taken from it
+        self.min_interval_ns = int(cfg.min_interval_us * 1000)
+        self.last_pass_ns = 0
         self.n_out = min(self.model.n_outputs, SCORE.dtype["values"].shape[0])
         self._stats = np.zeros(4, np.int64)
         # warm up ONNX Runtime (first run allocates and plans) and the histogram kernel
@@ -52,6 +57,10 @@ class InferenceAgent(Agent):
         version = self.features.version
         if version == self.version:
             return 0
+        t = lib.tp_now_ns()
+        if t - self.last_pass_ns < self.min_interval_ns:
+            return 0  # conflated: the newest vectors are still there at the next pass
+        self.last_pass_ns = t
         self.version = version
         board = self.features
         m = 0
