@@ -24,6 +24,8 @@ from shm.ring import Board, SpscRing
 
 #: Book updates taken per step.
 BATCH = 128
+#: Batches taken per do_work() while they come full (bounds the time other agents in the thread wait).
+MAX_STEPS = 32
 
 C_BOOKS_IN = 0
 C_ORDERS_OUT = 1
@@ -122,11 +124,23 @@ class StrategyAgent(Agent):
         }
         self.step = cstep.bind(build_step(ix), pack)
         self._calls = 0
+        self._dirty = True
 
     def do_work(self) -> int:
-        n = self.step()
+        # full batches: take more now, so a backlog drains in one call instead of one batch per loop pass
+        n = k = self.step()
+        steps = 1
+        while k == BATCH and steps < MAX_STEPS:
+            k = self.step()
+            n += k
+            steps += 1
         self._calls += 1
-        if n == 0 or self._calls & 1023 == 0:
+        if n:
+            self._dirty = True
+            if self._calls & 1023 == 0:
+                self._export()
+        elif self._dirty:  # idle: publish the counters once, not on every idle pass
+            self._dirty = False
             self._export()
         return n
 
