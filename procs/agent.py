@@ -48,6 +48,10 @@ class Agent:
     SOURCE: ClassVar[bool] = False
     #: names of this agent's counters, in slot order
     COUNTERS: ClassVar[tuple[str, ...]] = ()
+    #: False for a background agent that never needs a spinning thread: a process holding only such
+    #: agents sleeps in its parker between passes, whatever the wait strategy, and is not counted as
+    #: a spinner by `auto` (a spinning neighbour on the other vCPU slowed the feed by 40% here)
+    SPINS: ClassVar[bool] = True
 
     def on_start(self, ctx: AgentContext) -> None:
         """Attach rings, allocate buffers, compile the kernels. Runs before the readiness barrier."""

@@ -133,7 +133,10 @@ def host_main(spec: HostSpec) -> None:
                                hist_e2e=state.hist(aid, metrics.HIST_E2E), log=log)
             agent.on_start(ctx)
             agents.append(agent)
-        idle = wait.parse(spec.wait, n_spinning_processes=spec.n_spinning, cpus=cpus)
+        if any(a.SPINS for a in agents):
+            idle = wait.parse(spec.wait, n_spinning_processes=spec.n_spinning, cpus=cpus)
+        else:  # background agents only: sleep in their parker between passes
+            idle = wait.SpinYieldPark(spin_ns=0, yield_ns=0, park_timeout_ns=10_000_000)
         parkers = [p for p in (a.parker() for a in agents) if p is not None]
         if idle.parks and len(parkers) == 1 and len(agents) == 1:
             idle.bind(parkers[0])

@@ -9,6 +9,9 @@ passes are at most `inference.min_interval_us` apart.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from procs.agent import Agent, AgentContext
@@ -22,11 +25,14 @@ C_BATCHES = 0
 C_SCORED = 1
 C_SKIPPED = 2
 C_ALERTS = 3
+#: Shortest sleep between board polls when idle (a score is at most this much later than it could be).
+PARK_MIN_NS = 100_000
 
 
 class InferenceAgent(Agent):
     name = "inference"
     COUNTERS = ("batches", "scored", "features_skipped", "alerts")
+    SPINS = False  # conflated and rate-limited: polling the board between passes needs no spinning core
 
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
@@ -106,6 +112,16 @@ class InferenceAgent(Agent):
         self._stats[C_SCORED] += m
         self.ctx.counters[:4] = self._stats
         return m
+
+    def parker(self) -> Callable[[int], bool]:
+        """The features board has no futex: sleep until the next pass may run (at least 100 µs)."""
+
+        def park(timeout_ns: int) -> bool:
+            left = self.last_pass_ns + self.min_interval_ns - lib.tp_now_ns()
+            time.sleep(min(max(left, PARK_MIN_NS), timeout_ns) * 1e-9)
+            return False
+
+        return park
 
     def on_close(self) -> None:
         self.ctx.counters[:4] = self._stats

@@ -50,10 +50,14 @@ class RunError(RuntimeError):
     """A run that could not start (bad placement, missing model, a stage not ready)."""
 
 
-def counter_names(agent: str) -> tuple[str, ...]:
+def agent_class(agent: str) -> type:
     import importlib
 
-    return importlib.import_module(_AGENT_MODULES[agent]).AGENT.COUNTERS
+    return importlib.import_module(_AGENT_MODULES[agent]).AGENT
+
+
+def counter_names(agent: str) -> tuple[str, ...]:
+    return agent_class(agent).COUNTERS
 
 
 @dataclass
@@ -162,7 +166,8 @@ class Launcher:
                 r.enable_park()
             sink = OrdersSink(orders, self.run_dir / "orders.bin")
             ctx = mp.get_context("spawn")  # a fresh interpreter per stage: no inherited locks or threads
-            n_proc = len(self.groups)
+            # only processes that may spin count: background agents (inference) sleep between passes
+            n_proc = sum(any(agent_class(a).SPINS for a in g.agents) for g in self.groups)
             self.say(f"tickpipe: run {self.run} → {self.run_dir}")
             self.say(f"tickpipe: source={self._source_text()} symbols={','.join(self.symbols)} "
                      f"placement=\"{pl.format_placement(self.groups)}\" wait={cfg.run.wait}")
