@@ -74,3 +74,41 @@ class Agent:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+
+class StepAgent(Agent):
+    """An agent whose work is a compiled step (`procs/kernels/cstep.py`): one C call per batch of up to
+    `BATCH` input records from the consumer `self.cons`. Subclasses set `self.step` in on_start and
+    write `export()`, which copies counters kept outside the step into `ctx.counters`."""
+
+    BATCH: ClassVar[int] = 256
+    #: batches taken per do_work() while they come full: bounds how long the thread's other agents wait
+    MAX_STEPS: ClassVar[int] = 32
+    step: Callable[[], int]
+    _calls = 0
+    _dirty = True
+
+    def do_work(self) -> int:
+        # full batches: take more now, so a backlog drains in one call instead of one batch per loop pass
+        n = k = self.step()
+        steps = 1
+        while k == self.BATCH and steps < self.MAX_STEPS:
+            k = self.step()
+            n += k
+            steps += 1
+        self._calls += 1
+        if n:
+            self._dirty = True
+            if self._calls & 1023 == 0:
+                self.export()
+        elif self._dirty:  # idle: publish the counters once, not on every idle pass
+            self._dirty = False
+            self.export()
+        return n
+
+    def export(self) -> None:
+        raise NotImplementedError
+
+    def parker(self) -> Callable[[int], bool]:
+        return self.cons.park  # type: ignore[attr-defined]
+

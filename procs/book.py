@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import carray, cfunc
 
-from procs.agent import Agent, AgentContext
+from procs.agent import AgentContext, StepAgent
 from procs.kernels import cstep
 from procs.kernels.book import BOOK_COUNTER_NAMES, G_BAD_SYMBOL, BookState, book_kernel
 from procs.kernels.cstep import STEP_SIG, V1_I8, V2_F8, V2_I8, V3_I8, V4_I8, Pack, address_as_pointer
@@ -25,8 +25,6 @@ from shm.ring import Board, SpscRing
 
 #: Market records taken per step: a 20-level diff is 20 records; 256 keeps a batch in L1/L2.
 BATCH = 256
-#: Batches taken per do_work() while they come full (bounds the time other agents in the thread wait).
-MAX_STEPS = 32
 
 #: Counter slots written by the step itself (the rest are exported from BookState by Python).
 C_RECORDS_IN = 0
@@ -105,7 +103,8 @@ def build_step(ix: dict[str, int]) -> Callable:
     return step
 
 
-class BookAgent(Agent):
+class BookAgent(StepAgent):
+    BATCH = BATCH  # the step's batch: do_work takes more while they come full
     name = "book"
     COUNTERS = ("records_in", "messages_in", "books_out", "ring_full", "steps", "bad_symbol",
                 *BOOK_COUNTER_NAMES)
@@ -135,41 +134,18 @@ class BookAgent(Agent):
             "ctr": pack.add(ctr),
         }
         self.step = cstep.bind(build_step(ix), pack)  # compiles here, before the readiness barrier
-        self._calls = 0
-        self._dirty = True
 
-    def do_work(self) -> int:
-        # full batches: take more now, so a backlog drains in one call instead of one batch per loop pass
-        n = k = self.step()
-        steps = 1
-        while k == BATCH and steps < MAX_STEPS:
-            k = self.step()
-            n += k
-            steps += 1
-        self._calls += 1
-        if n:
-            self._dirty = True
-            if self._calls & 1023 == 0:
-                self._export()
-        elif self._dirty:  # idle: publish the counters once, not on every idle pass
-            self._dirty = False
-            self._export()
-        return n
-
-    def _export(self) -> None:
+    def export(self) -> None:
         c = self.ctx.counters
         c[N_STEP_COUNTERS] = self.state.glob[G_BAD_SYMBOL]
         c[N_STEP_COUNTERS + 1:N_STEP_COUNTERS + 1 + len(BOOK_COUNTER_NAMES)] = self.state.counters.sum(axis=0)
-
-    def parker(self) -> Callable[[int], bool]:
-        return self.cons.park
 
     def describe(self) -> dict:
         return {"symbols": {name: {"valid": self.state.valid(i), **self.state.counts(i)}
                             for i, name in enumerate(self.ctx.symbols)}}
 
     def on_close(self) -> None:
-        self._export()
+        self.export()
         for ring in (self.market, self.books, self.board):
             ring.close()
 

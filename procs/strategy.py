@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import cfunc
 
-from procs.agent import Agent, AgentContext
+from procs.agent import AgentContext, StepAgent
 from procs.kernels import cstep
 from procs.kernels import strategy as sk
 from procs.kernels.cstep import STEP_SIG, V1_F8, V1_I8, V2_I8, Pack
@@ -24,8 +24,6 @@ from shm.ring import Board, SpscRing
 
 #: Book updates taken per step.
 BATCH = 128
-#: Batches taken per do_work() while they come full (bounds the time other agents in the thread wait).
-MAX_STEPS = 32
 
 C_BOOKS_IN = 0
 C_ORDERS_OUT = 1
@@ -93,7 +91,8 @@ def build_step(ix: dict[str, int]) -> Callable:
     return step
 
 
-class StrategyAgent(Agent):
+class StrategyAgent(StepAgent):
+    BATCH = BATCH  # the step's batch: do_work takes more while they come full
     name = "strategy"
     COUNTERS = ("books_in", "orders_out", "orders_dropped", "steps", "decisions", "invalid_book", "pauses",
                 "orders", "no_score")
@@ -123,38 +122,15 @@ class StrategyAgent(Agent):
             "ctr": pack.add(ctx.counters.view(np.int64)),
         }
         self.step = cstep.bind(build_step(ix), pack)
-        self._calls = 0
-        self._dirty = True
 
-    def do_work(self) -> int:
-        # full batches: take more now, so a backlog drains in one call instead of one batch per loop pass
-        n = k = self.step()
-        steps = 1
-        while k == BATCH and steps < MAX_STEPS:
-            k = self.step()
-            n += k
-            steps += 1
-        self._calls += 1
-        if n:
-            self._dirty = True
-            if self._calls & 1023 == 0:
-                self._export()
-        elif self._dirty:  # idle: publish the counters once, not on every idle pass
-            self._dirty = False
-            self._export()
-        return n
-
-    def _export(self) -> None:
+    def export(self) -> None:
         c = self.ctx.counters
         g = self.glob
         c[N_STEP_COUNTERS:N_STEP_COUNTERS + 5] = (g[sk.G_DECISIONS], g[sk.G_INVALID], g[sk.G_PAUSES],
                                                   g[sk.G_ORDERS], g[sk.G_NO_SCORE])
 
-    def parker(self) -> Callable[[int], bool]:
-        return self.cons.park
-
     def on_close(self) -> None:
-        self._export()
+        self.export()
         for ring in (self.books, self.orders, self.scores):
             ring.close()
 
