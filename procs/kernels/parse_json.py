@@ -14,6 +14,8 @@ Decimal strings become fixed-point int64 with `parse_fixed` (exact, no float). N
 `parse_message`: malformed input returns a negative `ERR_*` code and is counted; unknown message types
 and unknown symbols return 0 and are counted. Records are written with one `struct.pack_into` each
 (0.2 µs; a numpy field-by-field write from Python costs ~3 µs).
+depthUpdate messages first go through `fastparse` (one numba call, same records); whatever it does
+not handle comes back here (`Parser(fast=False)` turns it off).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import struct
 import numpy as np
 import orjson
 
+from procs.kernels import fastparse
 from shm.records import (
     FLAG_ASK,
     FLAG_BUYER_MAKER,
@@ -52,6 +55,8 @@ ERR_NUMBER = -3
 #: `out` has too little room after `start` for this message; nothing was written and only PC_NO_SPACE
 #: counted, so the caller can publish what it has and retry the same message.
 ERR_NO_SPACE = -4
+assert (fastparse.ERR_NUMBER, fastparse.ERR_NO_SPACE) == (ERR_NUMBER, ERR_NO_SPACE), "fast path codes differ"
+_NOT_HANDLED = fastparse.NOT_HANDLED
 
 # -- parser counters: indices into `Parser.counters` (int64) ------------------------------------
 #: Messages handed to the parser (a retry after ERR_NO_SPACE is not counted again).
@@ -211,16 +216,22 @@ class Parser:
     `counters` is a plain list (a numpy element increment costs ~0.25 µs, a list one ~0.03 µs);
     `export_counters` copies it into an int64 array, e.g. a shared-memory view, at reporting time.
     `seq` is the sequence number of the next record written.
+    `fast` (default) sends depthUpdate messages through `fastparse` first (same records, codes and
+    counters; it keeps a view of the last `out` array); `fast=False` is the orjson path alone.
     """
 
     def __init__(self, symbols: SymbolTable | None = None, *, bare_symbol: str | None = None,
-                 first_seq: int = 0) -> None:
+                 first_seq: int = 0, fast: bool = True) -> None:
         self.symbols = symbols if symbols is not None else SymbolTable()
         self.bare_symbol = bare_symbol
         self.counters: list[int] = [0] * N_PARSE_COUNTERS
         self.seq = first_seq
         self._fx = _FixedCache()
         self._ids = self.symbols._ids  # fast path for known symbols: one dict lookup
+        self._fast: fastparse.FastDepth | None = None
+        if fast:
+            fastparse.warm()  # compile / load the kernel now, not on the first depth message
+            self._fast = fastparse.FastDepth(self._symbol)
 
     def counts(self) -> dict[str, int]:
         """Counters by name."""
@@ -236,12 +247,26 @@ class Parser:
         `out` must be a C-contiguous array of `MARKET.dtype`. Never raises.
         """
         c = self.counters
-        try:
-            n = self._parse(raw, t_origin_ns, out, start)
-        except orjson.JSONDecodeError:
-            n = ERR_JSON
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError, struct.error, OverflowError):
-            n = ERR_FIELD  # missing field, wrong JSON type, id that does not fit int64
+        n = _NOT_HANDLED
+        # Binance ends a depthUpdate with its "a" array (`]]}}`, `[]}}`, bare `]]}`, `[]}`): testing that
+        # byte first spares the other messages the substring search (~0.15 µs); a depthUpdate with
+        # another key last is still parsed, by the orjson path
+        if (self._fast is not None and type(raw) is bytes and len(raw) > 32 and (raw[-3] == 93 or raw[-2] == 93)
+                and b"depthUpdate" in raw):
+            n = self._fast.depth(raw, t_origin_ns, out, start, self.seq)
+            if n > 0:  # the common case, accounted here to keep the hot path short
+                c[PC_DEPTH] += 1
+                c[PC_MESSAGES] += 1
+                c[PC_RECORDS] += n
+                self.seq += n
+                return n
+        if n == _NOT_HANDLED:
+            try:
+                n = self._parse(raw, t_origin_ns, out, start)
+            except orjson.JSONDecodeError:
+                n = ERR_JSON
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError, struct.error, OverflowError):
+                n = ERR_FIELD  # missing field, wrong JSON type, id that does not fit int64
         if n > 0:
             c[PC_MESSAGES] += 1
             self.seq += n
