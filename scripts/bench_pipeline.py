@@ -66,18 +66,21 @@ def soak(seconds: float, out: Path) -> None:
     t0 = time.monotonic()
     while p.poll() is None:
         time.sleep(5)
-        for pid in _children(p.pid):
+        for pid in [p.pid, *_children(p.pid)]:  # the launcher too: it holds the sink and the interval logs
             rss = _rss_kb(pid)
             if rss:
                 samples.setdefault(pid, []).append((time.monotonic() - t0, rss))
         print(f"\r  {time.monotonic() - t0:6.0f} s / {seconds:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     print(f"# soak: simulator at speed 1 for {seconds:.0f} s; resident memory per stage process (MiB)\n")
-    print("| pid | after 30 s | end | growth after warm-up |")
-    print("|---|---|---|---|")
+    marks = [30.0, seconds / 4, seconds / 2, 3 * seconds / 4]
+    print("| process | " + " | ".join(f"at {m:.0f} s" for m in marks) + " | end | growth after 30 s |")
+    print("|---" * (len(marks) + 3) + "|")
     for pid, s in samples.items():
-        warm = next((r for t, r in s if t >= 30), s[0][1])
-        print(f"| {pid} | {warm / 1024:.1f} | {s[-1][1] / 1024:.1f} | {(s[-1][1] - warm) / 1024:+.1f} |")
+        at = [next((r for t, r in s if t >= m), s[-1][1]) for m in marks]
+        who = "launcher" if pid == p.pid else f"stage {pid}"
+        cells = " | ".join(f"{r / 1024:.1f}" for r in at)
+        print(f"| {who} | {cells} | {s[-1][1] / 1024:.1f} | {(s[-1][1] - at[0]) / 1024:+.1f} |")
 
 
 def _children(pid: int) -> list[int]:
