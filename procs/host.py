@@ -146,17 +146,19 @@ def host_main(spec: HostSpec) -> None:
             idle.bind(lambda timeout_ns: first(min(timeout_ns, _MULTI_PARK_NS)))
         if spec.realtime:
             _realtime(spec, idle, log)
+        # before the barrier: a full collection of a process holding numba and onnxruntime takes
+        # ~100 ms, which after `go` showed up as latency on the first messages
+        gc.collect()
+        gc.freeze()  # warm-up garbage is frozen; the hot loop allocates nothing worth collecting
+        gc.disable()
         log.info("ready: agents=%s cpu=%s idle=%r", spec.agents, spec.cpu, idle)
         for aid in spec.agent_ids:
             stats[aid]["state"] = metrics.STATE_READY
         ctl = state.ctl
         while not ctl["go"] and not ctl["stop"] and not stop:
-            time.sleep(0.001)
+            time.sleep(0.0002)  # the wait between go and the first pass is part of the first message's latency
         for aid in spec.agent_ids:
             stats[aid]["state"] = metrics.STATE_RUNNING
-        gc.collect()
-        gc.freeze()  # warm-up garbage is frozen; the hot loop allocates nothing worth collecting
-        gc.disable()
         _loop(agents, spec.agent_ids, stats, ctl, idle, lambda: stop)
         final = metrics.STATE_STOPPED
     except BaseException:
