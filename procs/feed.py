@@ -71,6 +71,7 @@ class Feed(Agent):
         self._done = self._first is None  # an empty source ends at once
         self._sent = 0
         self._exported = -1
+        self._t_first = self._t_last = 0
         self._full = 0
         self._records = 0
         self._calls = 0
@@ -138,6 +139,9 @@ class Feed(Agent):
             stage["t_publish_ns"][:n_rec] = lib.tp_now_ns()
             self._bl_start, self._bl_end = 0, n_rec
             self._flush()
+        if self._sent == 0:
+            self._t_first = now
+        self._t_last = now
         self._sent += n_msg
         self._records += n_rec
         hdr.record_many(self.ctx.hist_hop, lat[:n_msg])  # lateness; the feed's e2e would be the same numbers
@@ -185,6 +189,10 @@ class Feed(Agent):
 
     def on_close(self) -> None:
         self._export()
+        if self._sent > 1:
+            span = max(self._t_last - self._t_first, 1) / 1e9
+            self.ctx.log.info("feed: %d messages, %d records; %.3f s from the first batch to the last (%.0f msg/s)",
+                              self._sent, self._records, span, self._sent / span)
         self.ring.close()
 
 
