@@ -23,6 +23,8 @@ from shm.native import lib
 from shm.records import MARKET
 from shm.ring import SpscRing
 
+tp_write = lib.tp_write
+
 #: Messages taken per do_work(): enough to amortise the ring calls, small enough to stay fresh.
 BATCH_MESSAGES = 64
 #: Malformed messages logged in full (all are counted).
@@ -57,6 +59,9 @@ class Feed(Agent):
         self.parser = Parser(SymbolTable(ctx.symbols, auto_add=False),
                              bare_symbol=ctx.symbols[0] if len(ctx.symbols) == 1 else None)
         self.stage = np.zeros(STAGE_RECORDS, MARKET.dtype)
+        self._stage_addr = self.stage.ctypes.data
+        self._ring_addr = self.ring.addr
+        self._rec_size = MARKET.size
         self.asap = ctx.config.source.speed == 0
         # paced: one message per call, so the book (next in the loop) sees it before the next one is
         # parsed; a burst of same-time messages batched together made the first wait for the last
@@ -152,7 +157,9 @@ class Feed(Agent):
 
     def _flush(self) -> int:
         """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
-        written = self.prod.write(self.stage[self._bl_start:self._bl_end])
+        # straight to C with the stage's address: Producer.write's numpy slice + .ctypes cost ~1.5 µs a call
+        written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
+                           self._bl_end - self._bl_start, self._rec_size)
         self._bl_start += written
         if self._bl_start < self._bl_end:
             self._full += 1
