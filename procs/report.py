@@ -56,6 +56,7 @@ def _as_hist(h: Histogram | np.ndarray) -> Histogram:
 class _Log:
     def __init__(self, path: Path, writer: Any, prev: np.ndarray, prev_t: float) -> None:
         self.path, self.writer, self.prev, self.prev_t = path, writer, prev, prev_t
+        self.hh = None  # reused hdrh histogram (see Histogram.to_hdrh)
 
 
 class IntervalLogger:
@@ -122,8 +123,8 @@ class IntervalLogger:
             start = lg.prev_t
             end = max(float(t_s), start)  # a wall-clock step back must not write a negative length
             rel_start, rel_end = start - self.start_time_s, end - self.start_time_s
-            hh = Histogram(delta).to_hdrh(self._base_ms + round(rel_start * 1000),
-                                          self._base_ms + round(rel_end * 1000))
+            hh = lg.hh = Histogram(delta).to_hdrh(self._base_ms + round(rel_start * 1000),
+                                                  self._base_ms + round(rel_end * 1000), into=lg.hh)
             # Interval_Max column in µs: the default ratio (ms) floors every sub-ms max to 0
             lg.writer.output_interval_histogram(hh, rel_start, rel_end, max_value_unit_ratio=1000.0)
             lg.writer.log.flush()  # readable up to the last snapshot even if the launcher dies

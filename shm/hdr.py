@@ -11,6 +11,7 @@ to get intervals. Values above `HIGHEST` are recorded as `HIGHEST`; negative val
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -156,11 +157,18 @@ class Histogram:
         """Interval between two snapshots of one (only growing) counts array."""
         return Histogram(self.counts - other.counts)
 
-    def to_hdrh(self, start_ms: int = 0, end_ms: int = 0):
-        """The same data as an hdrh HdrHistogram (for .hlog logs and the standard tools)."""
+    def to_hdrh(self, start_ms: int = 0, end_ms: int = 0, into: Any = None) -> Any:
+        """The same data as an hdrh HdrHistogram (for .hlog logs and the standard tools).
+
+        `into`: an HdrHistogram from an earlier call to reset and refill, so a logger writing every
+        second does not allocate a new 200 KB histogram each time (the allocator kept the churn)."""
         from hdrh.histogram import HdrHistogram
 
-        h = HdrHistogram(LOWEST, HIGHEST, SIG_FIGS)
+        if into is None:
+            h = HdrHistogram(LOWEST, HIGHEST, SIG_FIGS)
+        else:
+            h = into
+            h.reset()
         if h.counts_len != COUNTS_LEN:
             raise RuntimeError(f"hdrh layout differs: counts_len expected={COUNTS_LEN} found={h.counts_len}")
         nz = np.flatnonzero(self.counts)
