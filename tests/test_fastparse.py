@@ -1,4 +1,5 @@
-"""The numba depthUpdate fast path gives exactly what the orjson path gives: record bytes, codes, counters."""
+"""The numba fast path (depthUpdate, bookTicker, trade, aggTrade) gives exactly what the orjson path gives:
+record bytes, codes, counters, seq."""
 
 from __future__ import annotations
 
@@ -13,10 +14,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from procs.kernels import fastparse
-from procs.kernels.parse_json import ERR_NO_SPACE, ERR_NUMBER, PC_NO_SPACE, Parser, SymbolTable
+from procs.kernels.parse_json import (
+    ERR_NO_SPACE,
+    ERR_NUMBER,
+    PC_NO_SPACE,
+    PC_TICKER,
+    PC_TRADE,
+    PC_UNKNOWN_SYMBOL,
+    Parser,
+    SymbolTable,
+)
 from procs.sources.replay import read_capture
 from procs.sources.simulator import SimParams, Simulator
-from shm.records import KIND_DEPTH_EMPTY, MARKET, MARKET_COINM, MARKET_SPOT, MARKET_USDM
+from shm.records import (
+    FLAG_BUYER_MAKER,
+    FLAG_LAST_IN_MESSAGE,
+    KIND_DEPTH_EMPTY,
+    KIND_TICKER,
+    KIND_TRADE,
+    MARKET,
+    MARKET_COINM,
+    MARKET_SPOT,
+    MARKET_USDM,
+)
 
 NOT_HANDLED = fastparse.NOT_HANDLED
 
@@ -38,15 +58,18 @@ class Pair:
         self.out_s = garbage(n_out)
         # a FastDepth of its own, to see whether the fast path (not the fallback) answered
         self.probe = fastparse.FastDepth(symbols().lookup)
+        self.probe_out = garbage(n_out)  # one array: the probe's output is never looked at
         self.fast_answers = 0  # messages Parser.parse routed to the fast path and it answered
-        inner = self.fast._fast.depth
+        for method in ("depth", "tick"):
+            setattr(self.fast._fast, method, self._counting(getattr(self.fast._fast, method)))
 
+    def _counting(self, inner: Callable[..., int]) -> Callable[..., int]:
         def counting(*args: object) -> int:
             n = inner(*args)
             self.fast_answers += n != NOT_HANDLED
             return n
 
-        self.fast._fast.depth = counting
+        return counting
 
     def feed(self, raw: bytes, start: int = 0, t0: object = 123) -> int:
         seq = self.slow.seq
@@ -63,18 +86,39 @@ class Pair:
         return a
 
     def handled(self, raw: bytes, start: int = 0) -> bool:
-        return self.probe.depth(raw, 7, garbage(len(self.out_f)), start, 0) != NOT_HANDLED
+        out = self.probe_out
+        return (self.probe.depth(raw, 7, out, start, 0) != NOT_HANDLED
+                or self.probe.tick(raw, 7, out, start, 0) != NOT_HANDLED)
 
 
-def feed_all(pair: Pair, msgs: Iterable[tuple[int, bytes]]) -> tuple[int, int]:
-    """Feed every message; (depth messages, depth messages the fast path answered itself)."""
-    depth = fast = 0
+def tick_kind(raw: bytes) -> str | None:
+    """"ticker" / "trade" for a message the orjson path parses as a bookTicker / trade or aggTrade."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    d = obj.get("data", obj) if type(obj) is dict else None
+    if type(d) is not dict:
+        return None
+    e = d.get("e")
+    if e == "bookTicker" or (e is None and "u" in d and "b" in d and "A" in d):
+        return "ticker"
+    return "trade" if e in ("trade", "aggTrade") else None
+
+
+def feed_all(pair: Pair, msgs: Iterable[tuple[int, bytes]]) -> tuple[int, int, int, int]:
+    """Feed every message; (depth messages, depth messages the fast path answered itself, and the same for
+    bookTicker / trade / aggTrade messages)."""
+    depth = fast = tick = fast_tick = 0
     for ts, raw in msgs:
         pair.feed(raw, 0, ts)
         if b'"depthUpdate"' in raw:
             depth += 1
             fast += pair.handled(raw)
-    return depth, fast
+        elif tick_kind(raw):
+            tick += 1
+            fast_tick += pair.handled(raw)
+    return depth, fast, tick, fast_tick
 
 
 def wrap(data: dict, stream: str = "btcusdt@depth") -> bytes:
@@ -96,9 +140,12 @@ def test_every_message_of_the_real_captures(data_dir: Path, name: str) -> None:
     if not path.is_file():
         pytest.skip(f"{name} not in {data_dir}")
     pair = Pair(8192)
-    n_depth, n_fast = feed_all(pair, read_capture(path))
-    assert n_depth > 100 and n_fast == n_depth == pair.fast_answers  # every real depthUpdate took the fast path
+    n_depth, n_fast, n_tick, n_fast_tick = feed_all(pair, read_capture(path))
+    assert n_depth > 100 and n_fast == n_depth  # every real depthUpdate took the fast path
+    assert n_tick > 80 and n_fast_tick == n_tick  # and every bookTicker / trade / aggTrade
+    assert pair.fast_answers == n_depth + n_tick  # Parser.parse routed each of them there
     assert pair.fast.counters[1] == n_depth
+    assert pair.fast.counters[PC_TICKER] + pair.fast.counters[PC_TRADE] == n_tick
 
 
 def test_every_message_of_a_simulated_session(tmp_path: Path) -> None:
@@ -110,8 +157,10 @@ def test_every_message_of_a_simulated_session(tmp_path: Path) -> None:
             break
         msgs.append((ts, raw))
     pair = Pair(8192)
-    n_depth, n_fast = feed_all(pair, msgs)
-    assert n_depth > 100 and n_fast == n_depth == pair.fast_answers
+    n_depth, n_fast, n_tick, n_fast_tick = feed_all(pair, msgs)
+    assert n_depth > 100 and n_fast == n_depth
+    assert n_tick > 1000 and n_fast_tick == n_tick and pair.fast_answers == n_depth + n_tick
+    assert pair.fast.counters[PC_TICKER] > 100 and pair.fast.counters[PC_TRADE] > 100
 
 
 # -- crafted messages ----------------------------------------------------------------------------------
@@ -330,3 +379,218 @@ def test_random_valid_decimals(d: object, zeros: int, lead: int) -> None:
     raw = wrap(depth(b=[[text, text]], a=[["1", text]]))
     assert pair.handled(raw)
     pair.feed(raw)
+
+
+# -- bookTicker / trade / aggTrade -------------------------------------------------------------------------
+def ticker(**kw: object) -> dict:
+    """A USD-M bookTicker (spot drops e, E and T; COIN-M adds ps)."""
+    d = {"e": "bookTicker", "u": 5_123_107_839_020, "s": "BTCUSDT", "b": "61800.20", "B": "2.507", "a": "61800.30",
+         "A": "2.510", "T": 1_723_161_256_313, "E": 1_723_161_256_314}
+    d.update(kw)
+    return d
+
+
+def trade(**kw: object) -> dict:
+    """A USD-M trade (spot adds M, COIN-M ps)."""
+    d = {"e": "trade", "E": 1_723_161_256_322, "T": 1_723_161_256_321, "s": "BTCUSDT", "t": 5_266_583_935,
+         "p": "61800.30", "q": "0.006", "X": "MARKET", "m": False}
+    d.update(kw)
+    return d
+
+
+def agg(**kw: object) -> dict:
+    """A USD-M aggTrade (spot adds M)."""
+    d = {"e": "aggTrade", "E": 1_626_992_741_575, "a": 16_599_292, "s": "BTCUSDT", "p": "1.01100", "q": "10",
+         "f": 23_961_322, "l": 23_961_325, "T": 1_626_992_741_421, "m": True}
+    d.update(kw)
+    return d
+
+
+def without(d: dict, *keys: str) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+SPOT_TICKER = without(ticker(), "e", "E", "T")
+
+
+@pytest.mark.parametrize(("d", "kind", "market", "fields"), [
+    (SPOT_TICKER, KIND_TICKER, MARKET_SPOT, dict(price=6_180_020_000_000, qty=250_700_000, price2=6_180_030_000_000,
+                                                  qty2=251_000_000, first_id=-1, last_id=5_123_107_839_020,
+                                                  prev_id=-1, exch_ts_ms=0)),
+    (ticker(), KIND_TICKER, MARKET_USDM, dict(exch_ts_ms=1_723_161_256_314, last_id=5_123_107_839_020)),
+    (ticker(s="BTCUSD_PERP", ps="BTCUSD"), KIND_TICKER, MARKET_COINM, {}),
+    (without(ticker(), "e"), KIND_TICKER, MARKET_USDM, {}),  # no "e" but an "E": futures by the orjson rules
+    (trade(), KIND_TRADE, MARKET_USDM, dict(price=6_180_030_000_000, qty=600_000, price2=0, qty2=0,
+                                            first_id=5_266_583_935, last_id=5_266_583_935, prev_id=-1,
+                                            exch_ts_ms=1_723_161_256_322, flags=FLAG_LAST_IN_MESSAGE)),
+    (trade(M=True, m=True, b=88, a=50), KIND_TRADE, MARKET_SPOT, dict(flags=FLAG_LAST_IN_MESSAGE | FLAG_BUYER_MAKER)),
+    (trade(ps="BTCUSD", M=True), KIND_TRADE, MARKET_COINM, {}),
+    (agg(), KIND_TRADE, MARKET_USDM, dict(first_id=16_599_292, last_id=23_961_325,
+                                          flags=FLAG_LAST_IN_MESSAGE | FLAG_BUYER_MAKER)),
+    (agg(M=True), KIND_TRADE, MARKET_SPOT, {}),
+    (agg(ps="BTCUSD"), KIND_TRADE, MARKET_COINM, {}),
+    (without(agg(), "l"), KIND_TRADE, MARKET_USDM, dict(first_id=16_599_292, last_id=16_599_292)),
+])
+def test_ticker_and_trade_field_sets(d: dict, kind: int, market: int, fields: dict) -> None:
+    pair = Pair(64)
+    for raw in (wrap(d, "btcusdt@x"), orjson.dumps(d), orjson.dumps({"data": d, "stream": "x"})):
+        assert pair.handled(raw), raw
+        assert pair.feed(raw, start=3) == 1
+        rec = pair.out_f[3]
+        assert (rec["kind"], rec["market"], rec["flags"] & FLAG_LAST_IN_MESSAGE) == (kind, market, 1)
+        for name, value in fields.items():
+            assert rec[name] == value, name
+    counter = PC_TICKER if kind == KIND_TICKER else PC_TRADE
+    assert pair.fast.counters[counter] == 3 and pair.fast.seq == 3 and pair.fast_answers == 3
+
+
+def test_ticker_and_trade_key_order_and_whitespace() -> None:
+    pair = Pair(64)
+    for d in (SPOT_TICKER, ticker(), trade(), agg()):
+        for raw in (orjson.dumps(dict(reversed(list(d.items())))),
+                    b'{"data":' + orjson.dumps(dict(sorted(d.items()))) + b',"stream":"x"}',
+                    orjson.dumps({"stream": "x", "data": d}, option=orjson.OPT_INDENT_2),
+                    b" \t" + orjson.dumps(d).replace(b",", b" ,\n ").replace(b":", b"\r: ") + b"\n"):
+            assert pair.handled(raw), raw
+            assert pair.feed(raw) == 1
+
+
+def _variants() -> list[bytes]:
+    # messages the fast path must leave to the orjson path, or answer exactly as it does
+    out = []
+    for base in (ticker(), SPOT_TICKER, trade(), agg()):
+        for k in base:
+            out.append(wrap(without(base, k)))  # every field missing in turn
+        for k, v in (("s", 5), ("s", None), ("s", ""), ("s", "A" * 25), ("E", "1"), ("E", 1.5), ("E", None),
+                     ("E", 2**63), ("u", "1"), ("u", None), ("u", True), ("u", -(2**63)), ("b", 1), ("B", None),
+                     ("a", ["1"]), ("A", {"x": 1}), ("p", 61800.3), ("q", None), ("t", "5"), ("t", 1.0),
+                     ("a", 5), ("a", "5"), ("l", None), ("l", "7"), ("m", 1), ("m", None), ("m", "true"),
+                     ("m", [True]), ("M", None), ("M", [1]), ("ps", None), ("ps", 1.5), ("T", 1.5), ("T", None),
+                     ("T", True), ("X", [1]), ("X", "a\\b"), ("X", "\u00e9"), ("X", "\x7f"), ("e", None), ("e", 5),
+                     ("e", "kline"), ("e", "Trade"), ("e", "depthUpdate"), ("e", "bookTicker"), ("e", "trade"),
+                     ("e", "aggTrade"), ("data", 5), ("stream", "x"), ("lastUpdateId", 5)):
+            d = dict(base)
+            d[k] = v
+            out += [wrap(d), orjson.dumps(d)]
+    out += [
+        wrap(without(SPOT_TICKER, "b"), "x@bookTicker"),  # no "e" and no "b": not a bookTicker at all
+        orjson.dumps({**SPOT_TICKER, "data": {"x": 1}, "stream": "y"}),  # a wrapper by the orjson rules
+        orjson.dumps({**trade(), "data": 5, "stream": "y"}), orjson.dumps({**trade(), "data": None, "stream": "y"}),
+        orjson.dumps({"stream": "x", "data": trade(), "id": 1}), orjson.dumps({"stream": 5, "data": trade()}),
+        orjson.dumps({"data": trade()}), orjson.dumps({"stream": "x", "data": [trade()]}),
+        b'{"stream":"x","data":{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true},"stream":"y"}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true,"p":"2"}',  # duplicate key
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true,"e":"aggTrade","a":1}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true,"T":5,"T":6}',  # duplicate unrelated key
+        b'{"e":"trade","E":1,"s":"B\\u0054C","t":1,"p":"1","q":"1","m":true}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"\\u0031","q":"1","m":true}',
+        b'{"e":"tr\\u0061de","E":1,"s":"X","t":1,"p":"1","q":"1","m":true}',
+        b'{"e":"trade","E":1,"s":"X","t":01,"p":"1","q":"1","m":true}',
+        b'{"e":"trade","E":1,"s":"X","t":1e3,"p":"1","q":"1","m":true}',
+        b'{"e":"trade","E":1,"s":"X","t":-0,"p":"1","q":"1","m":true}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":tru}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":truex}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":True}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":false,"M":nul}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true,}',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true} x',
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","q":"1","m":true}{}',
+        b'{"e":"trade","E":1,"s":"X","t":1180591620717411303424,"p":"1","q":"1","m":true}',
+        b'{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1","lastUpdateId":5}',  # ticker keys win, as in orjson's path
+        b'{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1","e":null}',
+        b'{"lastUpdateId":1,"bids":[],"asks":[]}', b'{"e":"kline","E":1,"s":"X","k":{"t":1}}', b"{}", b"[]",
+    ]
+    return out
+
+
+@pytest.mark.parametrize("raw", _variants())
+def test_unusual_tickers_and_trades_behave_as_on_the_orjson_path(raw: bytes) -> None:
+    pair = Pair(16)
+    pair.feed(raw)
+    pair.feed(raw, start=16)  # no room: the checks before the space test decide the code
+
+
+def test_escapes_and_odd_values_in_tickers_fall_back() -> None:
+    pair = Pair()
+    raws = [wrap(trade(X="a\\b")), wrap(trade(X="x\u00e9")), wrap(trade(T=1.5)), wrap(trade(m=None)),
+            wrap(ticker(e=None)), wrap(agg(l=None)), wrap(ticker(), "a\"b"), orjson.dumps({**trade(), "data": 1}),
+            b'{"e":"trade","E":1,"s":"X","t":1,"p":"\\u0031","q":"1","m":true}']
+    for raw in raws:
+        assert not pair.handled(raw), raw
+        pair.feed(raw)
+    assert pair.fast_answers == 0
+
+
+@pytest.mark.parametrize("text", ["0.00000001", "1.000000000", "61800", "0", "1.000000001", "92233720369", "",
+                                  ".5", "5.", "-1", "1e5", " 1", "abc", "00000000000000000001"])
+def test_ticker_and_trade_decimal_strings(text: str) -> None:
+    pair = Pair(16)
+    for d in (ticker(b=text), ticker(B=text), ticker(a=text), ticker(A=text), trade(p=text), trade(q=text),
+              agg(p=text), agg(q=text), without(ticker(A=text), "e", "E", "T")):
+        raw = wrap(d)
+        assert pair.handled(raw)
+        assert pair.feed(raw) in (1, ERR_NUMBER)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="0123456789.-+eE x", max_size=30), st.sampled_from(["b", "B", "a", "A", "p", "q"]))
+def test_random_ticker_and_trade_strings(text: str, key: str) -> None:
+    pair = Pair(16)
+    raw = wrap(ticker(**{key: text}) if key in "bBaA" else trade(**{key: text}))
+    assert pair.handled(raw)
+    pair.feed(raw)
+
+
+def test_ticker_and_trade_truncated_at_every_byte() -> None:
+    pair = Pair(16)
+    for raw in (wrap(ticker(ps="BTCUSD")), orjson.dumps(SPOT_TICKER), wrap(trade(M=True)), orjson.dumps(agg())):
+        for k in range(len(raw) + 1):
+            pair.feed(raw[:k])
+            pair.feed(raw[:k] + b"}")
+
+
+def test_ticker_and_trade_no_space_and_unknown_symbols() -> None:
+    pair = Pair(4, symbols=lambda: SymbolTable(["BTCUSDT"], auto_add=False))
+    for d in (ticker(), trade(), agg(), SPOT_TICKER):
+        assert pair.feed(wrap(d), start=4) == ERR_NO_SPACE
+        assert pair.feed(wrap(d), start=3) == 1
+        assert pair.feed(wrap({**d, "s": "ETHUSDT"}), start=4) == 0  # the symbol is checked before the space
+        assert pair.feed(wrap({**d, "s": "ETHUSDT", "p": "bad", "b": "bad"})) == 0  # and before the numbers
+        assert pair.feed(wrap({**d, "p": "bad", "b": "bad"}), start=4) == ERR_NO_SPACE  # space before numbers
+        assert pair.feed(wrap({**d, "s": "btcusdt"}), start=1) == 1  # another spelling of a known symbol
+    assert pair.fast.counters[PC_NO_SPACE] == 8 and pair.fast.counters[PC_UNKNOWN_SYMBOL] == 8
+    assert pair.fast_answers == 24
+
+
+def test_ticker_and_trade_huge_ids_and_sequence_numbers() -> None:
+    pair = Pair(first_seq=2**63 - 2)
+    for d in (ticker(u=2**63 - 1, E=2**63 - 1), trade(t=-(2**63) + 1), agg(a=2**63 - 1, l=0), trade(t=2**63),
+              ticker(E=-(2**63))):
+        pair.feed(wrap(d))  # seq crosses 2**63 on the way: the orjson path writes those
+    assert pair.fast.seq == 2**63 + 2  # t=2**63 does not fit the record: ERR_FIELD
+
+
+def test_bad_argument_types_for_tickers() -> None:
+    pair = Pair(16)
+    raw = wrap(trade())
+    for t0 in (1.5, 2**64, -1, True):
+        pair.feed(raw, t0=t0)
+    pair.feed(raw, start=-1)
+    for data in (bytearray(raw), memoryview(raw)):
+        assert outcome(Parser(), data, garbage(8)) == outcome(Parser(fast=False), data, garbage(8))
+    for make in (lambda: garbage(16), lambda: np.zeros(8, np.int64), lambda: garbage(8)[:0]):
+        assert outcome(Parser(), raw, make()) == outcome(Parser(fast=False), raw, make())
+    assert outcome(Parser(), raw, garbage(16), 2) == outcome(Parser(fast=False), raw, garbage(16), 2)
+    fd = fastparse.FastDepth(lambda name: 0)
+    assert fd.tick(bytearray(raw), 0, garbage(4), 0, 0) == NOT_HANDLED  # any buffer but bytes: orjson's path
+    assert fd.tick(raw, 0, garbage(4), 0, 0) == fastparse.TRADE
+
+
+def test_depth_and_tick_share_the_symbol_table() -> None:
+    pair = Pair(64)
+    names = [f"S{k}USDT" for k in range(100)]
+    for name in names:
+        assert pair.feed(wrap(ticker(s=name))) == 1
+        assert pair.feed(wrap(depth(s=name))) == 3
+        assert pair.feed(wrap(trade(s=name.lower()))) == 1
+    assert pair.fast.symbols.names == pair.slow.symbols.names and len(pair.fast._fast._names) == 200
