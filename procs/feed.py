@@ -17,7 +17,7 @@ import numpy as np
 
 from procs.agent import Agent, AgentContext
 from procs.kernels.parse_json import ERR_NO_SPACE, PARSE_COUNTER_NAMES, Parser, SymbolTable
-from procs.sources.replay import SPIN_NS, ReplayOptions, paced, read_capture
+from procs.sources.replay import SPIN_NS, CaptureReader, ReplayOptions, paced
 from shm import hdr
 from shm.native import lib
 from shm.records import MARKET
@@ -25,6 +25,8 @@ from shm.ring import SpscRing
 
 tp_write = lib.tp_write
 
+#: Decode ahead only when the next message is due later than this (one 64 KB step takes ~0.2 ms).
+PREFETCH_SLACK_NS = 500_000
 #: Messages taken per do_work(): enough to amortise the ring calls, small enough to stay fresh.
 BATCH_MESSAGES = 64
 #: Malformed messages logged in full (all are counted).
@@ -33,16 +35,24 @@ LOG_BAD_MESSAGES = 20
 STAGE_RECORDS = 16384
 
 
-def open_source(ctx: AgentContext, start_ns: int) -> Iterator[tuple[int, int, bytes]]:
-    """(due_ns, source_ts_ns, raw) in emission order."""
+def open_source(ctx: AgentContext, start_ns: int) -> tuple[Iterator[tuple[int, int, bytes]], Callable[[], bool]]:
+    """(due_ns, source_ts_ns, raw) in emission order, and a `prefetch()` that does a bounded step of
+    the source's work ahead of time (decoding the next lines of a capture; False when there is none)."""
     src = ctx.config.source
     if src.kind == "replay":
         opts = ReplayOptions(speed=src.speed, offset_ns=int(src.start_offset_s * 1e9),
                              duration_ns=int(src.replay_duration_s * 1e9) or None, loop=src.loop)
-        return paced(lambda: read_capture(src.path), start_ns, opts)
+        current: list[CaptureReader] = []
+
+        def messages() -> Iterator[tuple[int, bytes]]:
+            current[:] = [CaptureReader(src.path)]  # a loop opens the file again: prefetch the new pass
+            return iter(current[0])
+
+        return paced(messages, start_ns, opts), lambda: bool(current) and current[0].prefetch()
     from procs.sources import simulator
 
-    return simulator.paced_messages(ctx.config, start_ns, labels_path=os.path.join(ctx.run_dir, "labels.jsonl"))
+    return (simulator.paced_messages(ctx.config, start_ns, labels_path=os.path.join(ctx.run_dir, "labels.jsonl")),
+            lambda: False)
 
 
 class Feed(Agent):
@@ -69,7 +79,7 @@ class Feed(Agent):
         self.max_messages = ctx.config.run.max_messages
         # the source is opened (file read, simulator built and warmed) before the barrier, on a schedule
         # relative to 0; the first do_work() after go fixes the base, so the first message is not late
-        self._src: Iterator[tuple[int, int, bytes]] = open_source(ctx, 0)
+        self._src, self._prefetch = open_source(ctx, 0)
         self._first = next(self._src, None)
         self._base = 0
         self._pending: tuple[int, int, bytes] | None = None
@@ -137,6 +147,9 @@ class Feed(Agent):
             if self.max_messages and self._sent + n_msg >= self.max_messages:
                 break
         if n_msg == 0:
+            pend = self._pending
+            if pend is not None and pend[0] - now > PREFETCH_SLACK_NS:
+                self._prefetch()  # time to spare before the next message: decode ahead, off its path
             if self._exported != self._sent:
                 self._export()  # idle: a good moment to publish counters (once, not on every idle pass)
             return 0
