@@ -33,3 +33,19 @@ def test_bench_rings_rejects_bad_arguments() -> None:
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_rings.py"), "--only", "carrier-pigeon"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "unknown mechanism" in res.stderr
+
+
+def test_stage_costs_profiles_every_stage_on_the_simulator() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "profiling" / "stage_costs.py"), "--messages", "3000"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "3000 messages" in res.stdout
+    for stage in ("feed", "book", "strategy", "inference"):
+        row = next(ln for ln in res.stdout.splitlines() if ln.startswith(f"| {stage} |"))
+        assert int(row.split("|")[2].replace(",", "")) > 0, row  # the stage did work
+
+
+def test_bench_pipeline_help_lists_its_modes() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pipeline.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--soak" in res.stdout
