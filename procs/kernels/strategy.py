@@ -95,6 +95,32 @@ def _order(out: np.ndarray, n: int, b, g: np.ndarray, oid: int, side: int, actio
     return n + 1
 
 
+@njit(cache=True, inline="always")
+def _pull(out: np.ndarray, n: int, b, g: np.ndarray, q: np.ndarray, px: int, oid: int, side: int) -> int:
+    """Cancel our resting quote on one side (columns px/oid of the symbol's state), if there is one."""
+    if q[px] != 0:
+        n = _order(out, n, b, g, q[oid], side, ACTION_CANCEL, q[px], 0)
+        q[px] = 0
+    return n
+
+
+@njit(cache=True, inline="always")
+def _quote(out: np.ndarray, n: int, b, g: np.ndarray, q: np.ndarray, px: int, oid: int, side: int,
+           at_limit: bool, target: int, tol: float, qty: int) -> int:
+    """One side's quote: pulled at the position limit, placed if absent, moved only beyond `tol`."""
+    if at_limit:
+        return _pull(out, n, b, g, q, px, oid, side)
+    if q[px] == 0:
+        q[oid] = g[G_NEXT_ID]
+        g[G_NEXT_ID] += 1
+        q[px] = target
+        return _order(out, n, b, g, q[oid], side, ACTION_NEW, target, qty)
+    if abs(target - q[px]) > tol:
+        q[px] = target
+        return _order(out, n, b, g, q[oid], side, ACTION_REPLACE, target, qty)
+    return n
+
+
 @njit(cache=True)
 def decide(b, score, has_score: bool, st: np.ndarray, params: np.ndarray, g: np.ndarray,
            out: np.ndarray, n: int) -> int:
@@ -117,13 +143,8 @@ def decide(b, score, has_score: bool, st: np.ndarray, params: np.ndarray, g: np.
             q[Q_PAUSED] = 1
             g[G_PAUSES] += 1
         # pull both quotes and stay out until the flag has been clear for the hold time
-        if q[Q_BID_PX] != 0:
-            n = _order(out, n, b, g, q[Q_BID_ID], SIDE_BUY, ACTION_CANCEL, q[Q_BID_PX], 0)
-            q[Q_BID_PX] = 0
-        if q[Q_ASK_PX] != 0:
-            n = _order(out, n, b, g, q[Q_ASK_ID], SIDE_SELL, ACTION_CANCEL, q[Q_ASK_PX], 0)
-            q[Q_ASK_PX] = 0
-        return n
+        n = _pull(out, n, b, g, q, Q_BID_PX, Q_BID_ID, SIDE_BUY)
+        return _pull(out, n, b, g, q, Q_ASK_PX, Q_ASK_ID, SIDE_SELL)
     q[Q_PAUSED] = 0
     bid = float(b.bid_px)
     ask = float(b.ask_px)
@@ -139,33 +160,9 @@ def decide(b, score, has_score: bool, st: np.ndarray, params: np.ndarray, g: np.
     tgt_ask = max(int(fair * (1.0 + half)) + 1, b.bid_px + 1)
     tol = params[P_REQUOTE_BPS] * 1e-4 * mid
     qty = int(params[P_ORDER_QTY])
-    # bid side
-    if q[Q_POSITION] >= params[P_MAX_POSITION]:
-        if q[Q_BID_PX] != 0:
-            n = _order(out, n, b, g, q[Q_BID_ID], SIDE_BUY, ACTION_CANCEL, q[Q_BID_PX], 0)
-            q[Q_BID_PX] = 0
-    elif q[Q_BID_PX] == 0:
-        q[Q_BID_ID] = g[G_NEXT_ID]
-        g[G_NEXT_ID] += 1
-        q[Q_BID_PX] = tgt_bid
-        n = _order(out, n, b, g, q[Q_BID_ID], SIDE_BUY, ACTION_NEW, tgt_bid, qty)
-    elif abs(tgt_bid - q[Q_BID_PX]) > tol:
-        q[Q_BID_PX] = tgt_bid
-        n = _order(out, n, b, g, q[Q_BID_ID], SIDE_BUY, ACTION_REPLACE, tgt_bid, qty)
-    # ask side
-    if q[Q_POSITION] <= -params[P_MAX_POSITION]:
-        if q[Q_ASK_PX] != 0:
-            n = _order(out, n, b, g, q[Q_ASK_ID], SIDE_SELL, ACTION_CANCEL, q[Q_ASK_PX], 0)
-            q[Q_ASK_PX] = 0
-    elif q[Q_ASK_PX] == 0:
-        q[Q_ASK_ID] = g[G_NEXT_ID]
-        g[G_NEXT_ID] += 1
-        q[Q_ASK_PX] = tgt_ask
-        n = _order(out, n, b, g, q[Q_ASK_ID], SIDE_SELL, ACTION_NEW, tgt_ask, qty)
-    elif abs(tgt_ask - q[Q_ASK_PX]) > tol:
-        q[Q_ASK_PX] = tgt_ask
-        n = _order(out, n, b, g, q[Q_ASK_ID], SIDE_SELL, ACTION_REPLACE, tgt_ask, qty)
-    return n
+    limit = params[P_MAX_POSITION]
+    n = _quote(out, n, b, g, q, Q_BID_PX, Q_BID_ID, SIDE_BUY, q[Q_POSITION] >= limit, tgt_bid, tol, qty)
+    return _quote(out, n, b, g, q, Q_ASK_PX, Q_ASK_ID, SIDE_SELL, q[Q_POSITION] <= -limit, tgt_ask, tol, qty)
 
 
 #: dtypes the agent's staging arrays use (re-exported for tests)
