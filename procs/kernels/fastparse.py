@@ -208,6 +208,18 @@ def _level_str(raw, a, n):
 
 
 @njit(cache=True, _nrt=False)
+def _past(raw, i, n, ch):
+    # index just past the byte `ch` after optional whitespace at i; -1 if it is not there (or i < 0,
+    # so checks can be chained and tested once)
+    if i < 0:
+        return -1
+    i = _ws(raw, i, n)
+    if i >= n or raw[i] != ch:
+        return -1
+    return i + 1
+
+
+@njit(cache=True, _nrt=False)
 def _levels(raw, i, n, sc, side):
     # i at '[': validates [["str","str"], ...] and parses its strings into sc[side] (as far as it
     # holds) → (index past ']', level count); (-1, 0) when not handled
@@ -217,26 +229,24 @@ def _levels(raw, i, n, sc, side):
     cap = sc.shape[1] // 2
     k = 0
     while True:
-        if i >= n or raw[i] != 91:
-            return -1, 0
-        i = _ws(raw, i + 1, n)
-        if i >= n or raw[i] != 34:
-            return -1, 0
-        p, i = _level_str(raw, i + 1, n)
+        i = _past(raw, i, n, 91)  # [
+        i = _past(raw, i, n, 34)  # "
         if i < 0:
             return -1, 0
-        i = _ws(raw, i + 1, n)
-        if i >= n or raw[i] != 44:
-            return -1, 0
-        i = _ws(raw, i + 1, n)
-        if i >= n or raw[i] != 34:
-            return -1, 0
-        q, i = _level_str(raw, i + 1, n)
+        p, i = _level_str(raw, i, n)
         if i < 0:
             return -1, 0
-        i = _ws(raw, i + 1, n)
-        if i >= n or raw[i] != 93:
+        i = _past(raw, i + 1, n, 44)  # ,
+        i = _past(raw, i, n, 34)  # "
+        if i < 0:
             return -1, 0
+        q, i = _level_str(raw, i, n)
+        if i < 0:
+            return -1, 0
+        i = _past(raw, i + 1, n, 93)  # ]
+        if i < 0:
+            return -1, 0
+        i -= 1  # at the ']'
         if k < cap:
             sc[side, 2 * k] = p
             sc[side, 2 * k + 1] = q
