@@ -203,7 +203,7 @@ class Feed(Agent):
 
     def _flush(self) -> int:
         """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
-        # straight to C with the stage's address: Producer.write's numpy slice + .ctypes cost ~1.5 µs a call
+        # straight to C with the stage's precomputed address: no numpy slice, no address lookup per call
         written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
                            self._bl_end - self._bl_start, self._rec_size)
         self._bl_start += written
