@@ -114,7 +114,7 @@ class BookAgent(StepAgent):
         self.market = SpscRing.attach(ctx.run, "market", MARKET)
         self.cons = self.market.consumer(0, parks=True)
         self.books = SpscRing.attach(ctx.run, "book", BOOK)
-        self.prod = self.books.producer()
+        self.prod = self.books.producer()  # registers this process as the writer; the step writes in C
         self.board = Board.attach(ctx.run, "features", FEATURES)
         self.state = BookState(len(ctx.symbols))
         self.state.warm_up()

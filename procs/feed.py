@@ -95,7 +95,7 @@ class Feed(Agent):
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
         self.ring = SpscRing.attach(ctx.run, "market", MARKET)
-        self.prod = self.ring.producer()
+        self.prod = self.ring.producer()  # registers this process as the writer (consumers check it is alive)
         # the launcher scanned the source for its symbols: any other symbol is counted, not added
         # a single-symbol capture may hold a bare REST snapshot, which names no symbol
         self.parser = Parser(SymbolTable(ctx.symbols, auto_add=False),

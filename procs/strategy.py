@@ -104,7 +104,7 @@ class StrategyAgent(StepAgent):
         self.books = SpscRing.attach(ctx.run, "book", BOOK)
         self.cons = self.books.consumer(0, parks=True)
         self.orders = SpscRing.attach(ctx.run, "orders", ORDER)
-        self.prod = self.orders.producer()
+        self.prod = self.orders.producer()  # registers this process as the writer; the step writes in C
         self.scores = Board.attach(ctx.run, "scores", SCORE)
         self.state, self.glob = sk.alloc(n_sym)
         params = sk.params_from(cfg.spread_bps, cfg.skew_bps, round(cfg.order_qty * QTY_SCALE),
