@@ -41,7 +41,7 @@ from shm.segment import cleanup_dead, new_run_id, remove_run
 TICK_S = 0.005
 #: Longest wait for the rings to drain after the sources stop.
 DRAIN_TIMEOUT_S = 2.0
-#: Agent modules, imported here only for their COUNTERS names.
+#: Agent modules, imported here only for their class attributes (COUNTERS, SPINS).
 _AGENT_MODULES = {"feed": "procs.feed", "book": "procs.book", "strategy": "procs.strategy",
                   "inference": "procs.inference"}
 
