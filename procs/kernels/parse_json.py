@@ -325,6 +325,9 @@ class Parser:
         sid = self._ids.get(name)
         if sid is not None:
             return sid
+        if type(name) is not str or not name:
+            # malformed (ERR_FIELD), not a new symbol: "" would be auto-added as one (fastparse never passes it)
+            raise ValueError(f"symbol not a non-empty string: {name!r}")
         sid = self.symbols.lookup(name)
         if sid < 0:
             self.counters[PC_UNKNOWN_SYMBOL] += 1
@@ -336,6 +339,8 @@ class Parser:
             return 0
         bids = d["b"]
         asks = d["a"]
+        if type(bids) is not list or type(asks) is not list:
+            return ERR_FIELD  # "" or {} would pass for an empty side
         nb = len(bids)
         n = nb + len(asks)
         if start + max(n, 1) > len(out):
@@ -349,6 +354,8 @@ class Parser:
         else:
             market = MARKET_COINM if "ps" in d else MARKET_USDM
         ets = d["E"]
+        if type(first) is bool or type(last) is bool or type(pu) is bool or type(ets) is bool:
+            return ERR_FIELD  # struct packs JSON true / false as 1 / 0
         seq = self.seq
         fx = self._fx
         if n == 0:
@@ -359,8 +366,11 @@ class Parser:
         off = start * _REC_SIZE
         k = 0
         for lv in bids:
-            p = fx[lv[0]]
-            q = fx[lv[1]]
+            if type(lv) is not list:
+                return ERR_FIELD  # a string "12" would unpack to price "1", qty "2"
+            ps, qs = lv  # exactly [price, qty]: ValueError (ERR_FIELD) otherwise
+            p = fx[ps]
+            q = fx[qs]
             if p < 0 or q < 0:
                 return ERR_NUMBER
             k += 1
@@ -369,8 +379,11 @@ class Parser:
             seq += 1
             off += _REC_SIZE
         for lv in asks:
-            p = fx[lv[0]]
-            q = fx[lv[1]]
+            if type(lv) is not list:
+                return ERR_FIELD
+            ps, qs = lv
+            p = fx[ps]
+            q = fx[qs]
             if p < 0 or q < 0:
                 return ERR_NUMBER
             k += 1
@@ -393,6 +406,8 @@ class Parser:
             return 0
         bids = d["bids"]
         asks = d["asks"]
+        if type(bids) is not list or type(asks) is not list:
+            return ERR_FIELD
         n = len(bids) + len(asks)
         if start + max(n, 1) > len(out):
             return ERR_NO_SPACE
@@ -404,6 +419,8 @@ class Parser:
         else:
             market = MARKET_SPOT
         ets = d.get("E", 0)
+        if type(last) is bool or type(ets) is bool:
+            return ERR_FIELD
         seq = self.seq
         fx = self._fx
         if n == 0:
@@ -417,8 +434,11 @@ class Parser:
         k = 0
         for side_flag, levels in ((0, bids), (FLAG_ASK, asks)):
             for lv in levels:
-                p = fx[lv[0]]
-                q = fx[lv[1]]
+                if type(lv) is not list:
+                    return ERR_FIELD
+                ps, qs = lv
+                p = fx[ps]
+                q = fx[qs]
                 if p < 0 or q < 0:
                     return ERR_NUMBER
                 flags = side_flag
@@ -449,10 +469,19 @@ class Parser:
         else:
             first = d["a"]
             last = d.get("l", first)
-        flags = FLAG_LAST_IN_MESSAGE | FLAG_BUYER_MAKER if d["m"] else FLAG_LAST_IN_MESSAGE
+        m = d["m"]
+        if m is True:
+            flags = FLAG_LAST_IN_MESSAGE | FLAG_BUYER_MAKER
+        elif m is False:
+            flags = FLAG_LAST_IN_MESSAGE
+        else:
+            return ERR_FIELD  # not a boolean: its truthiness is no answer
+        ets = d["E"]
+        if type(first) is bool or type(last) is bool or type(ets) is bool:
+            return ERR_FIELD
         market = MARKET_COINM if "ps" in d else MARKET_SPOT if "M" in d else MARKET_USDM
         _pack(out, start * _REC_SIZE, self.seq, t0, 0, sym, KIND_TRADE, flags,
-              p, q, 0, 0, first, last, -1, d["E"], market)
+              p, q, 0, 0, first, last, -1, ets, market)
         self.counters[PC_TRADE] += 1
         return 1
 
@@ -475,8 +504,11 @@ class Parser:
         else:
             market = MARKET_SPOT  # spot bookTicker carries neither e nor E
             ets = 0
+        last = d["u"]
+        if type(last) is bool or type(ets) is bool:
+            return ERR_FIELD
         _pack(out, start * _REC_SIZE, self.seq, t0, 0, sym, KIND_TICKER, FLAG_LAST_IN_MESSAGE,
-              bp, bq, ap, aq, -1, d["u"], -1, ets, market)
+              bp, bq, ap, aq, -1, last, -1, ets, market)
         self.counters[PC_TICKER] += 1
         return 1
 
