@@ -182,8 +182,16 @@ def test_futures_pu_break_is_a_gap() -> None:
 def test_futures_snapshot_older_than_stream() -> None:
     h = Harness()
     h.snapshot(100, SNAP_BIDS, SNAP_ASKS, futures=True)
-    h.diff(101, 105, pu=100)  # U > lastUpdateId: does not bridge
+    h.diff(102, 105, pu=101)  # U > lastUpdateId and pu != lastUpdateId: 101 is missing, does not bridge
     assert h.c(C_RESYNCS_NEEDED) == 1 and h.book.status(0) == ST_EMPTY
+
+
+def test_futures_snapshot_exactly_between_two_diffs() -> None:
+    # the snapshot holds everything up to the diff ending at 100; the next diff starts at 101 with pu == 100
+    h = Harness()
+    h.snapshot(100, SNAP_BIDS, SNAP_ASKS, futures=True)
+    assert h.diff(101, 105, pu=100, bids=[("100.0", "3")]) == 1
+    assert h.book.status(0) == ST_LIVE and h.c(C_RESYNCS_NEEDED) == 0 and h.top()[1] == px(3)
 
 
 def test_empty_diff_keeps_the_chain() -> None:

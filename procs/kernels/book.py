@@ -7,7 +7,8 @@ Sync rules (Binance "How to manage a local order book correctly"):
 - spot: drop diffs with u <= lastUpdateId; the first applied has U <= lastUpdateId+1 <= u; then each
   U == previous u + 1.
 - USD-M / COIN-M: drop u < lastUpdateId; the first applied has U <= lastUpdateId <= u (u may equal
-  lastUpdateId); then each pu == previous u.
+  lastUpdateId), or pu == lastUpdateId (a snapshot taken exactly between two diffs); then each
+  pu == previous u.
 Diffs before the snapshot (or after a gap) are buffered per symbol (bounded: the oldest whole
 messages are evicted) and replayed when the snapshot ends. A diff that does not chain is a gap: the
 book turns invalid, `S_NEED_SNAPSHOT` is raised (the feed should fetch a new snapshot), the buffer
@@ -177,7 +178,8 @@ def _decide(market: int, status: int, last: int, first_id: int, last_id: int, pr
     if status == ST_SYNCING:
         if last_id < last:
             return A_STALE
-        return A_APPLY if first_id <= last else A_GAP
+        # pu == lastUpdateId: the snapshot fell exactly between two diffs and this one follows it directly
+        return A_APPLY if first_id <= last or prev_id == last else A_GAP
     if prev_id == last:
         return A_APPLY
     return A_STALE if last_id <= last else A_GAP
