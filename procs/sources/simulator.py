@@ -31,6 +31,14 @@ One `random.Random(seed)` drives everything in event order, so a seed gives iden
 Simulated time starts at `start_ms` (epoch ms); message timestamps are epoch ns of simulated time.
 Before t=0 the book is seeded and the flow runs for `WARMUP_NS` unobserved (~10 ms of CPU), so the
 first message already sees a settled book.
+
+Two opt-in flavours, off by default (the default output is unchanged, byte for byte):
+`market="usdm"` writes Binance USD-M futures messages (depthUpdate with "T" and "pu", bookTicker with
+"e"/"T"/"E", trade with "X", snapshots with "E"/"T"; key order as in real captures), and
+`agg_trades=True` adds an `@aggTrade` message per taker order and price next to the trades. For a
+server that paces the market in real time (procs/sources/exchange.py) the simulator can also be
+stepped: `run_until(t)` runs every event up to simulated time t, `flush_pending()` emits the pending
+diffs now, and `book_snapshot()` is the current book as a REST depth answer.
 """
 
 from __future__ import annotations
@@ -78,6 +86,8 @@ KEEP_LEVELS = 3
 SNAPSHOT_LIMIT = 1000
 #: Zero quantity as Binance writes it: deletes a level.
 ZERO_QTY = "0.00000000"
+#: Message flavours: Binance spot, or USD-M futures.
+MARKETS: tuple[str, ...] = ("spot", "usdm")
 #: Bound on the cached decimal strings per symbol.
 _FMT_CACHE = 1 << 16
 
@@ -130,6 +140,8 @@ class SimParams:
     rate_scale: float = 1.0
     start_ms: int = 1_700_000_000_000
     anomaly_kinds: tuple[str, ...] = field(default=ANOMALY_KINDS)
+    market: str = "spot"  #: message flavour, one of MARKETS
+    agg_trades: bool = False  #: also emit <symbol>@aggTrade messages
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -142,6 +154,8 @@ class SimParams:
         bad = [k for k in self.anomaly_kinds if k not in ANOMALY_KINDS]
         if bad or not self.anomaly_kinds:
             raise ValueError(f"anomaly_kinds expected a non-empty subset of {ANOMALY_KINDS} found={bad}")
+        if self.market not in MARKETS:
+            raise ValueError(f"market expected one of {MARKETS} found={self.market!r}")
 
 
 class _Fmt(dict):
@@ -318,11 +332,15 @@ class _Symbol:
         self.s_depth = f"{low}@depth@{sim.params.depth_interval_ms}ms" if sim.params.depth_interval_ms else \
             f"{low}@depth@0ms"
         self.s_trade = f"{low}@trade"
+        self.s_agg = f"{low}@aggTrade"
         self.s_ticker = f"{low}@bookTicker"
         self.s_snap = f"{low}@depthSnapshot"
+        self.usdm = sim.params.market == "usdm"
         self.pstr = _Fmt(spec.tick_decimals)
         self.qstr = _Fmt(spec.lot_decimals)
-        self.qstr[0] = ZERO_QTY
+        # futures write zero in the lot precision ("0.000"), spot always with 8 decimals
+        self.zero = self.qstr[0] if self.usdm else ZERO_QTY
+        self.qstr[0] = self.zero
         rng = sim.rng
         tick = 10.0 ** -spec.tick_decimals
         self.fair = spec.price / tick
@@ -334,6 +352,7 @@ class _Symbol:
         self.book = Book()
         self.uid = rng.randrange(10 ** 9, 5 * 10 ** 10)  # Binance-like large ids
         self.tid = rng.randrange(10 ** 8, 4 * 10 ** 9)
+        self.aid = self.tid // 2  # aggTrade ids: derived, so the flavour draws nothing from rng
         self.first_u = 0  # U of the diff being accumulated (0: nothing pending)
         self.last_top: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.last_tu = 0  # update id of the last bookTicker
@@ -344,6 +363,8 @@ class _Symbol:
         self.snapped = False
         self.t_last = -WARMUP_NS
         self.E = 0
+        self.T = 0  # ms of the last book-changing event: futures' transaction time "T"
+        self.last_du = 0  # u of the previous diff: futures' "pu"
         self.reset_flow()
         self.anom: str | None = None
         self.spike = 0.0
@@ -462,6 +483,7 @@ class _Symbol:
             self.first_u = uid
         out = sim.out
         ts = sim.base_ns + t
+        self.T = sim.start_ms + t // 1_000_000
         book = self.book
         if book.fills:
             E = self.E
@@ -469,11 +491,21 @@ class _Symbol:
             pstr = self.pstr
             qstr = self.qstr
             stream = self.s_trade
-            for p, q, m, _ in book.fills:
-                self.tid += 1
-                out.append((ts, orjson.dumps({"stream": stream, "data": {
-                    "e": "trade", "E": E, "s": name, "t": self.tid, "p": pstr[p], "q": qstr[q], "T": E,
-                    "m": m, "M": True}})))
+            tid0 = self.tid + 1
+            if self.usdm:
+                for p, q, m, _ in book.fills:
+                    self.tid += 1
+                    out.append((ts, orjson.dumps({"stream": stream, "data": {
+                        "e": "trade", "E": E, "T": E, "s": name, "t": self.tid, "p": pstr[p], "q": qstr[q],
+                        "X": "MARKET", "m": m}})))
+            else:
+                for p, q, m, _ in book.fills:
+                    self.tid += 1
+                    out.append((ts, orjson.dumps({"stream": stream, "data": {
+                        "e": "trade", "E": E, "s": name, "t": self.tid, "p": pstr[p], "q": qstr[q], "T": E,
+                        "m": m, "M": True}})))
+            if sim.params.agg_trades:
+                self._agg_trades(ts, E, tid0)
             sim.counts[1] += len(book.fills)
             book.fills.clear()
         top = book.top()
@@ -487,24 +519,61 @@ class _Symbol:
         if not sim.interval_ns:
             self.flush(t)
 
+    def _agg_trades(self, ts: int, E: int, tid0: int) -> None:
+        """One aggTrade per run of fills at one price (one taker order), trade ids tid0.. in fill order."""
+        out = self.sim.out
+        fills = self.book.fills
+        pstr = self.pstr
+        qstr = self.qstr
+        name = self.name
+        stream = self.s_agg
+        i = 0
+        n = len(fills)
+        while i < n:
+            p, q, m, _ = fills[i]
+            j = i + 1
+            while j < n and fills[j][0] == p:
+                q += fills[j][1]
+                j += 1
+            self.aid += 1
+            f, last = tid0 + i, tid0 + j - 1
+            data = {"e": "aggTrade", "E": E, "a": self.aid, "s": name, "p": pstr[p], "q": qstr[q], "f": f,
+                    "l": last, "T": E, "m": m} if self.usdm else \
+                {"e": "aggTrade", "E": E, "s": name, "a": self.aid, "p": pstr[p], "q": qstr[q], "f": f, "l": last,
+                 "T": E, "m": m, "M": True}
+            out.append((ts, orjson.dumps({"stream": stream, "data": data})))
+            i = j
+
     def _ticker(self, ts: int, uid: int, top: tuple[int, int, int, int]) -> None:
         self.last_tu = uid
         pstr = self.pstr
         qstr = self.qstr
-        self.sim.out.append((ts, orjson.dumps({"stream": self.s_ticker, "data": {
-            "u": uid, "s": self.name, "b": pstr[top[0]], "B": qstr[top[1]], "a": pstr[top[2]],
-            "A": qstr[top[3]]}})))
+        if self.usdm:
+            E = self.sim.start_ms + (ts - self.sim.base_ns) // 1_000_000
+            self.sim.out.append((ts, orjson.dumps({"stream": self.s_ticker, "data": {
+                "e": "bookTicker", "u": uid, "s": self.name, "b": pstr[top[0]], "B": qstr[top[1]],
+                "a": pstr[top[2]], "A": qstr[top[3]], "T": self.T, "E": E}})))
+        else:
+            self.sim.out.append((ts, orjson.dumps({"stream": self.s_ticker, "data": {
+                "u": uid, "s": self.name, "b": pstr[top[0]], "B": qstr[top[1]], "a": pstr[top[2]],
+                "A": qstr[top[3]]}})))
         self.sim.counts[2] += 1
+
+    def snapshot_data(self, limit: int, E: int) -> dict:
+        """The book as a REST depth answer (levels best first, at most `limit` a side); futures add E and T."""
+        pstr = self.pstr
+        qstr = self.qstr
+        book = self.book
+        bids = [[pstr[p], qstr[q]] for p, q in book.levels(0)[:limit]]
+        asks = [[pstr[p], qstr[q]] for p, q in book.levels(1)[:limit]]
+        if self.usdm:
+            return {"lastUpdateId": self.uid, "E": E, "T": self.T, "bids": bids, "asks": asks}
+        return {"lastUpdateId": self.uid, "bids": bids, "asks": asks}
 
     def _snapshot(self, ts: int) -> None:
         self.snap_pending = False
         self.snapped = True
-        pstr = self.pstr
-        qstr = self.qstr
-        book = self.book
-        data = {"lastUpdateId": self.uid,
-                "bids": [[pstr[p], qstr[q]] for p, q in book.levels(0)[:SNAPSHOT_LIMIT]],
-                "asks": [[pstr[p], qstr[q]] for p, q in book.levels(1)[:SNAPSHOT_LIMIT]]}
+        data = self.snapshot_data(SNAPSHOT_LIMIT, self.sim.start_ms + (ts - self.sim.base_ns) // 1_000_000)
         self.sim.out.append((ts, orjson.dumps({"stream": self.s_snap, "data": data})))
         self.sim.counts[3] += 1
 
@@ -518,15 +587,22 @@ class _Symbol:
         qstr = self.qstr
         lb, la = book.lv
         uid = self.uid
-        b = [[pstr[p], qstr[lb[p][0]] if p in lb else ZERO_QTY] for p in sorted(tb, reverse=True)]
-        a = [[pstr[p], qstr[la[p][0]] if p in la else ZERO_QTY] for p in sorted(ta)]
+        zero = self.zero
+        b = [[pstr[p], qstr[lb[p][0]] if p in lb else zero] for p in sorted(tb, reverse=True)]
+        a = [[pstr[p], qstr[la[p][0]] if p in la else zero] for p in sorted(ta)]
         tb.clear()
         ta.clear()
         sim = self.sim
         ts = sim.base_ns + t
         E = sim.start_ms + t // 1_000_000
-        sim.out.append((ts, orjson.dumps({"stream": self.s_depth, "data": {
-            "e": "depthUpdate", "E": E, "s": self.name, "U": self.first_u, "u": uid, "b": b, "a": a}})))
+        if self.usdm:
+            sim.out.append((ts, orjson.dumps({"stream": self.s_depth, "data": {
+                "e": "depthUpdate", "E": E, "T": self.T, "s": self.name, "U": self.first_u, "u": uid,
+                "pu": self.last_du, "b": b, "a": a}})))
+        else:
+            sim.out.append((ts, orjson.dumps({"stream": self.s_depth, "data": {
+                "e": "depthUpdate", "E": E, "s": self.name, "U": self.first_u, "u": uid, "b": b, "a": a}})))
+        self.last_du = uid
         sim.counts[0] += 1
         if self.first_u <= self.last_tu < uid:
             self._ticker(ts, uid, self.last_top)  # the interval's top again, under the u a book can check
@@ -542,6 +618,7 @@ class _Symbol:
             s.clear()
         self.book.fills.clear()
         self.first_u = 0
+        self.last_du = self.uid  # the first live diff chains onto the (unseen) warm-up ones
         self.last_top = self.book.top()
         self.last_tu = 0
         self.pre_diffs = self.n_pre  # 0 ms diffs of the warm-up do not count
@@ -617,8 +694,13 @@ class Simulator:
         self.counts = [0, 0, 0, 0]
         self.labels: list[dict] = []
         self.syms = [_Symbol(self, i, n) for i, n in enumerate(params.symbols)]
+        self._by_name = {s.name: s for s in self.syms}
         self._kinds: list[str] = []
         self._started = False
+        self._iterating = False  # messages() owns the run; run_until() may not step it
+        self._heap: list[tuple[int, int, int]] = []
+        self._live = False  # past the warm-up (an entry at t >= 0 has run)
+        self._now = -WARMUP_NS  # the latest run_until() time
         for s in self.syms:
             self._seed_book(s)
 
@@ -662,48 +744,118 @@ class Simulator:
         if self._started:
             raise RuntimeError("Simulator.messages() can be iterated once; make a new Simulator to start over")
         self._started = True
+        self._iterating = True
         return self._run()
 
     def _run(self) -> Iterator[tuple[int, bytes]]:
+        self._init_heap()  # on the first next(), as before: nothing draws from rng earlier
+        out = self.out
+        step = self._step
+        while True:
+            step()
+            if out:
+                yield from out
+                out.clear()
+
+    def _init_heap(self) -> None:
+        """The first arrivals, the first flush and the first anomaly: the run's first draws from rng."""
         rng = self.rng
-        syms = self.syms
         heap: list[tuple[int, int, int]] = []
-        for s in syms:
+        for s in self.syms:
             heap.append((-WARMUP_NS + int(rng.expovariate(200.0) * 1e9), _K_EVENT, s.index))
         if self.interval_ns:
             heap.append((self.interval_ns, _K_FLUSH, 0))
         if self.params.anomalies_per_min > 0:
             heap.append((self._next_anomaly_ns(0), _K_ANOM, 0))
         heapq.heapify(heap)
+        self._heap = heap
+
+    def _step(self) -> None:
+        """Run the next heap entry (event, flush, anomaly start or end); its messages are left in `out`.
+
+        Warm-up output (t < 0) is discarded; the first entry at t >= 0 resets the counts and every
+        symbol's pending diff, so output starts clean.
+        """
+        heap = self._heap
+        t, kind, i = heapq.heappop(heap)
+        syms = self.syms
+        if not self._live and t >= 0:
+            self._live = True
+            self.out.clear()
+            self.counts[:] = [0, 0, 0, 0]
+            for s in syms:
+                s.go_live()
+        if kind == _K_EVENT:
+            heapq.heappush(heap, (syms[i].step(t), _K_EVENT, i))
+        elif kind == _K_FLUSH:
+            for s in syms:
+                s.flush(t)
+            heapq.heappush(heap, (t + self.interval_ns, _K_FLUSH, 0))
+        elif kind == _K_ANOM:
+            self._start_anomaly(t, heap)
+            heapq.heappush(heap, (self._next_anomaly_ns(t), _K_ANOM, 0))
+        else:
+            syms[i].reset_flow()
+        if not self._live:
+            self.out.clear()
+
+    # -- stepping in simulated time (for a server pacing the market in real time) ------------------
+    def run_until(self, t_ns: int) -> list[tuple[int, bytes]]:
+        """Run every event at simulated time <= `t_ns` (ns after start_ms) and return its messages, time-ordered.
+
+        The stepping counterpart of `messages()` (a Simulator runs one way or the other, not both): a
+        server calls it with its clock, so the book never runs ahead of time and `book_snapshot()` is
+        the book as of now. The first call also runs the warm-up. Same seed and same calls, same bytes.
+        """
+        if not self._started:
+            self._started = True
+            self._init_heap()
+        elif self._iterating:
+            raise RuntimeError("Simulator.run_until() after messages(): a Simulator runs one way; make a new one")
+        heap = self._heap
         out = self.out
-        pop = heapq.heappop
-        push = heapq.heappush
-        live = False
-        interval = self.interval_ns
-        while True:
-            t, kind, i = pop(heap)
-            if not live and t >= 0:
-                live = True
+        step = self._step
+        res: list[tuple[int, bytes]] = []
+        while heap[0][0] <= t_ns:
+            step()
+            if out:
+                res.extend(out)
                 out.clear()
-                self.counts[:] = [0, 0, 0, 0]
-                for s in syms:
-                    s.go_live()
-            if kind == _K_EVENT:
-                push(heap, (syms[i].step(t), _K_EVENT, i))
-            elif kind == _K_FLUSH:
-                for s in syms:
-                    s.flush(t)
-                push(heap, (t + interval, _K_FLUSH, 0))
-            elif kind == _K_ANOM:
-                self._start_anomaly(t, heap)
-                push(heap, (self._next_anomaly_ns(t), _K_ANOM, 0))
-            else:
-                syms[i].reset_flow()
-            if out and live:
-                yield from out
-                out.clear()
-            elif not live:
-                out.clear()
+        if t_ns > self._now:
+            self._now = t_ns
+        return res
+
+    def next_event_ns(self) -> int:
+        """Simulated time (ns after start_ms) of the next event, flush or anomaly; needs run_until() first."""
+        if not self._heap:
+            raise RuntimeError("Simulator.next_event_ns() before run_until(): the market has not started")
+        return self._heap[0][0]
+
+    def flush_pending(self) -> list[tuple[int, bytes]]:
+        """Emit every symbol's pending diff now (at the last run_until time) and return the messages.
+
+        Diffs still chain (U == previous u + 1); the periodic flushes keep their schedule, so the next
+        one carries only what changed since. Nothing before the market is live (t >= 0).
+        """
+        if not self._live:
+            return []
+        for s in self.syms:
+            s.flush(self._now)
+        res = list(self.out)
+        self.out.clear()
+        return res
+
+    def book_snapshot(self, symbol: str, limit: int = SNAPSHOT_LIMIT) -> dict:
+        """The current book of `symbol` as Binance's REST depth answer: lastUpdateId is the last event applied.
+
+        Levels best first, at most `limit` a side; USD-M adds "E" (now) and "T" (the last event's time).
+        """
+        s = self._by_name.get(symbol.upper())
+        if s is None:
+            raise KeyError(f"book_snapshot: symbol expected one of {list(self._by_name)} found={symbol!r}")
+        if limit < 1:
+            raise ValueError(f"book_snapshot: limit expected >= 1 found={limit}")
+        return s.snapshot_data(limit, self.start_ms + max(self._now, 0) // 1_000_000)
 
 
 def paced_messages(config: Config, start_ns: int, labels_path: str | None = None) -> Iterator[tuple[int, int, bytes]]:
@@ -775,7 +927,7 @@ def write_capture(path: str, params: SimParams, seconds: float, labels_path: str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m procs.sources.simulator",
-                                 description="Write a simulated Binance spot capture (<ts_ns> <json> lines) "
+                                 description="Write a simulated Binance capture (<ts_ns> <json> lines) "
                                              "that run.py --replay and scripts/verify_book.py accept.")
     ap.add_argument("out", metavar="OUT", help="capture file to write (gzip if it ends .gz)")
     ap.add_argument("--seconds", type=float, default=60.0, help="simulated seconds (default %(default)s)")
@@ -787,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth-interval-ms", type=int, default=100,
                     help="depthUpdate aggregation in ms, 0 for one diff per event (default %(default)s)")
     ap.add_argument("--rate-scale", type=float, default=1.0, help="multiplier on order-flow rates")
+    ap.add_argument("--market", choices=MARKETS, default="spot",
+                    help="message flavour: Binance spot or USD-M futures (default %(default)s)")
     ap.add_argument("--labels", metavar="PATH", default=None, help="write the anomaly labels here (JSON lines)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a = ap.parse_args(argv)
@@ -795,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = SimParams(symbols=[s for s in a.symbols.split(",") if s], seed=a.seed,
                            anomalies_per_min=a.anomalies_per_min, depth_interval_ms=a.depth_interval_ms,
-                           rate_scale=a.rate_scale)
+                           rate_scale=a.rate_scale, market=a.market)
     except ValueError as exc:
         ap.error(str(exc))
     write_capture(a.out, params, a.seconds, labels_path=a.labels, progress=not a.quiet)
