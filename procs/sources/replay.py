@@ -1,4 +1,5 @@
-"""Replay of recorded captures: `<ts_ns> <json>` per line, gzip or plain (told apart by magic bytes).
+"""Replay of recorded captures: `<ts_ns> <json>` per line, gzip or plain, or a binary record file made by
+scripts/convert_capture.py (procs/sources/binary.py); the three are told apart by magic bytes (`capture_format`).
 
 `CaptureReader` streams (ts_ns, raw) pairs in large chunks, so memory stays flat on any file size and
 the per-line cost is a split and an int(). Lines that are not `<int> <payload>` are skipped and
@@ -26,6 +27,8 @@ from pathlib import Path
 
 #: First two bytes of every gzip member.
 GZIP_MAGIC = b"\x1f\x8b"
+#: First bytes of a binary capture (procs/sources/binary.py); kept here so detection needs no numpy import.
+BINARY_MAGIC = b"TPCAP\x00\x01\x00"
 #: Bytes read per chunk: big enough that the per-chunk Python overhead vanishes, small for the cache.
 CHUNK_BYTES = 1 << 20
 #: Decompressed bytes produced per step (a few hundred lines).
@@ -38,8 +41,19 @@ LOOP_GAP_NS = 1_000_000
 SPIN_NS = 200_000
 
 
+def capture_format(path: str | os.PathLike[str]) -> str:
+    """"binary", "gzip" or "text", from the file's first bytes (never from its name)."""
+    with open(path, "rb") as f:
+        head = f.read(len(BINARY_MAGIC))
+    if head == BINARY_MAGIC:
+        return "binary"
+    return "gzip" if head[:2] == GZIP_MAGIC else "text"
+
+
 class CaptureReader:
-    """Iterate (ts_ns, raw_json_bytes) over one capture file; `lines` and `bad_lines` count as it goes."""
+    """Iterate (ts_ns, raw_json_bytes) over one capture file; `lines` and `bad_lines` count as it goes.
+
+    `bytes_read` counts the file's bytes consumed so far (compressed, for gzip), for progress reports."""
 
     def __init__(self, path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.path = Path(path)
@@ -48,8 +62,12 @@ class CaptureReader:
         self.chunk_bytes = chunk_bytes
         self.lines = 0
         self.bad_lines = 0
-        with open(self.path, "rb") as f:
-            self.compressed = f.read(2) == GZIP_MAGIC
+        self.bytes_read = 0
+        fmt = capture_format(self.path)
+        if fmt == "binary":  # read as text it would be all bad lines: say what it is instead
+            raise ValueError(f"capture {self.path} is a binary capture (records, not JSON lines): "
+                             "open it with procs.sources.binary.BinaryCapture")
+        self.compressed = fmt == "gzip"
         self._it: Iterator[bytes] | None = None
         self._tail = b""
         self._eof = False
@@ -66,6 +84,7 @@ class CaptureReader:
         with open(self.path, "rb") as f:
             if not self.compressed:
                 while chunk := f.read(STEP_BYTES):
+                    self.bytes_read += len(chunk)
                     yield chunk
                 return
             d = zlib.decompressobj(wbits=31)
@@ -75,6 +94,7 @@ class CaptureReader:
                     pending = f.read(self.chunk_bytes)
                     if not pending:
                         break
+                    self.bytes_read += len(pending)
                 out = d.decompress(pending, STEP_BYTES)
                 pending = d.unconsumed_tail
                 if out:
@@ -154,7 +174,12 @@ def scan_symbols(path: str | os.PathLike[str], max_lines: int = 2_000_000) -> li
     """Symbols of a capture in order of first appearance (upper-case), from its first `max_lines` lines.
 
     The launcher sizes the books and boards from this before any stage starts; a symbol that first
-    appears later is counted by the parser as unknown, never silently added."""
+    appears later is counted by the parser as unknown, never silently added. For a binary capture it is
+    the header's symbol table (the ids its records carry), after the header has been checked."""
+    if capture_format(path) == "binary":
+        from procs.sources.binary import BinaryCapture  # imported here: binary.py builds on this module
+
+        return BinaryCapture.read_header(path).symbols
     seen: dict[str, None] = {}
     reader = CaptureReader(path)
     for i, (_, raw) in enumerate(reader):
