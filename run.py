@@ -3,6 +3,8 @@
 
     python run.py                                  # demo: the built-in market for 20 s, then the report
     python run.py --replay CAPTURE --speed 10      # a recorded Binance session, ten times faster
+    python run.py --live BTCUSDT,ETHUSDT           # Binance spot, live (--market usdm for USD-M futures)
+    python run.py --live BTCUSDT --local-exchange  # live mode against the built-in exchange on 127.0.0.1
     python run.py --config my.toml --set strategy.spread_bps=3
 
 Settings come from the defaults, then the TOML file (--config), then the options below; every
@@ -41,10 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--symbols", metavar="A,B",
                      help="simulator: symbols to simulate (default BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT)")
     src.add_argument("--seed", type=int, help="simulator: random seed (default 7)")
+    src.add_argument("--live", metavar="A,B",
+                     help="live Binance market data for these symbols (WebSocket combined streams + REST snapshots)")
+    src.add_argument("--market", choices=("spot", "usdm"), help="live: spot or USD-M futures (default spot)")
+    src.add_argument("--ws-url", metavar="URL", help="live: WebSocket base URL (default Binance's for the market)")
+    src.add_argument("--rest-url", metavar="URL", help="live: REST base URL for depth snapshots (default Binance's)")
+    src.add_argument("--local-exchange", action="store_true",
+                     help="live: start the built-in exchange (the simulator speaking Binance's protocol) on "
+                          "127.0.0.1 and connect to it instead of Binance; no network needed")
     run = p.add_argument_group("run")
     run.add_argument("--config", metavar="TOML", help="settings file (see tickpipe.example.toml)")
     run.add_argument("--duration", type=float, metavar="S",
-                     help="stop after S seconds (default 20 for the simulator; a replay plays to its end; 0: no limit)")
+                     help="stop after S seconds (default 20 for the simulator; a replay plays to its end, a live "
+                          "feed runs until Ctrl-C; 0: no limit)")
     run.add_argument("--max-messages", type=int, metavar="N", help="stop after the feed has published N messages")
     run.add_argument("--placement", metavar="TEXT",
                      help="processes and CPUs, e.g. 'feed,book,strategy@0 inference@1' (default: auto, from the "
@@ -81,6 +92,12 @@ def _overrides(args: argparse.Namespace) -> dict:
     if args.symbols:
         put("sim", "symbols", [s.strip().upper() for s in args.symbols.split(",") if s.strip()])
     put("sim", "seed", args.seed)
+    if args.live:
+        put("source", "kind", "live")
+        put("live", "symbols", [s.strip().upper() for s in args.live.split(",") if s.strip()])
+    put("live", "market", args.market)
+    put("live", "ws_url", args.ws_url)
+    put("live", "rest_url", args.rest_url)
     put("run", "duration_s", args.duration)
     put("run", "max_messages", args.max_messages)
     put("run", "placement", args.placement)
@@ -125,8 +142,8 @@ def load_config(args: argparse.Namespace) -> Config:
         with open(args.config, "rb") as f:
             file_sets_duration = "duration_s" in tomllib.load(f).get("run", {})
     config.update(_overrides(args), origin="command line")
-    if config.source.kind == "replay" and args.duration is None and not file_sets_duration:
-        config.run.duration_s = 0.0  # a replay plays to its end unless a duration is asked for
+    if config.source.kind in ("replay", "live") and args.duration is None and not file_sets_duration:
+        config.run.duration_s = 0.0  # a replay plays to its end, a live feed runs until Ctrl-C, unless told
     return config
 
 
@@ -143,12 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     from procs.launcher import Launcher, RunError
     from procs.sources.replay import scan_symbols
 
+    exchange = None
+    if args.local_exchange and config.source.kind != "live":
+        print("run.py: bad configuration: --local-exchange expected=--live SYMBOLS (or source.kind = \"live\") "
+              f"found=source.kind {config.source.kind!r}", file=sys.stderr)
+        return 2
     if config.source.kind == "replay":
-        symbols = scan_symbols(config.source.path)
+        try:
+            symbols = scan_symbols(config.source.path)
+        except ValueError as exc:  # a binary capture with a bad header names the field itself
+            print(f"run.py: bad configuration: {exc}", file=sys.stderr)
+            return 2
         if not symbols:
             print(f"run.py: no symbol found in the first lines of {config.source.path} "
                   "(is it a <ts_ns> <json> capture?)", file=sys.stderr)
             return 2
+    elif config.source.kind == "live":
+        symbols = list(config.live.symbols)
     else:
         symbols = list(config.sim.symbols)
     model = Path(config.inference.model)
@@ -160,16 +188,27 @@ def main(argv: list[str] | None = None) -> int:
               f"to it found={model} (exists: {model.is_file()}, sidecar {model.with_suffix('.json')} exists: "
               f"{model.with_suffix('.json').is_file()})", file=sys.stderr)
         return 2
+    if args.local_exchange:
+        from procs.sources.exchange import LocalExchange
+
+        exchange = LocalExchange(symbols=symbols, market=config.live.market, seed=config.sim.seed)
+        exchange.start()
+        config.live.ws_url, config.live.rest_url = exchange.ws_url, exchange.rest_url
+        print(f"run.py: local exchange on {exchange.ws_url} (REST {exchange.rest_url})", file=sys.stderr)
     try:
-        launcher = Launcher(config, symbols=symbols, quiet=args.quiet)
-    except PlacementError as exc:
-        print(f"run.py: bad configuration: run.placement: {exc}", file=sys.stderr)
-        return 2
-    try:
-        outcome = launcher.execute()
-    except RunError as exc:
-        print(f"run.py: {exc}", file=sys.stderr)
-        return 1
+        try:
+            launcher = Launcher(config, symbols=symbols, quiet=args.quiet)
+        except PlacementError as exc:
+            print(f"run.py: bad configuration: run.placement: {exc}", file=sys.stderr)
+            return 2
+        try:
+            outcome = launcher.execute()
+        except RunError as exc:
+            print(f"run.py: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        if exchange is not None:
+            exchange.stop()
     if outcome.exit_code:
         print(f"run.py: {outcome.reason} (exit {outcome.exit_code})", file=sys.stderr)
     if args.quiet:

@@ -33,7 +33,7 @@ class RunConfig:
 
 @dataclass
 class SourceConfig:
-    kind: str = "sim"  #: sim | replay
+    kind: str = "sim"  #: sim | replay | live
     path: str = ""  #: replay: capture file (<ts_ns> <json> lines, gzip or plain)
     speed: float = 1.0  #: replay/sim pacing: 1 real time, 10 ten times faster, 0 as fast as possible
     start_offset_s: float = 0.0  #: replay: skip this much of the capture
@@ -48,6 +48,24 @@ class SimConfig:
     anomalies_per_min: float = 2.0  #: labelled anomalies injected per minute of simulated time
     depth_interval_ms: int = 100  #: depthUpdate aggregation, like @depth@100ms (0: one per event)
     rate_scale: float = 1.0  #: multiplies the order-flow rates (2: twice the messages per simulated second)
+
+
+@dataclass
+class LiveConfig:
+    market: str = "spot"  #: spot | usdm (Binance USD-M futures)
+    symbols: list[str] = field(default_factory=lambda: ["BTCUSDT"])
+    streams: list[str] = field(default_factory=list)  #: per symbol, e.g. ["depth@100ms", "trade"]; empty: by market
+    ws_url: str = ""  #: WebSocket base URL; empty: Binance's (wss://stream.binance.com:9443, wss://fstream.binance.com)
+    rest_url: str = ""  #: REST base URL for depth snapshots; empty: Binance's (https://api.binance.com, ...)
+    snapshot_limit: int = 1000  #: levels per side asked of the REST depth snapshot
+    connect_timeout_s: float = 10.0  #: TCP + TLS + upgrade, and each REST request
+    ping_interval_s: float = 20.0  #: ping the server after this long without data
+    pong_timeout_s: float = 10.0  #: reconnect when nothing arrives this long after that ping
+    backoff_initial_s: float = 0.5  #: reconnect delay: full jitter up to initial * 2^attempt ...
+    backoff_max_s: float = 30.0  #: ... capped here
+    max_connection_age_s: float = 84600.0  #: reconnect (and resync) before Binance's 24 h disconnect
+    snapshot_min_interval_s: float = 1.0  #: at most one snapshot request per symbol this often
+    ca_file: str = ""  #: extra CA bundle (PEM) to trust for wss/https; certificates are always verified
 
 
 @dataclass
@@ -79,6 +97,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
     rings: RingsConfig = field(default_factory=RingsConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -109,7 +128,7 @@ class Config:
             if not cond:
                 raise ConfigError(f"field={fld} expected={expected} found={found!r}")
 
-        need(self.source.kind in ("sim", "replay"), "source.kind", "sim or replay", self.source.kind)
+        need(self.source.kind in ("sim", "replay", "live"), "source.kind", "sim, replay or live", self.source.kind)
         need(self.source.speed >= 0, "source.speed", ">= 0", self.source.speed)
         if self.source.kind == "replay":
             need(bool(self.source.path), "source.path", "a capture file for kind=replay", self.source.path)
@@ -127,6 +146,19 @@ class Config:
              self.inference.intra_op_threads)
         need(self.inference.min_interval_us >= 0, "inference.min_interval_us", ">= 0",
              self.inference.min_interval_us)
+        lv = self.live
+        need(lv.market in ("spot", "usdm"), "live.market", "spot or usdm", lv.market)
+        need(len(lv.symbols) >= 1, "live.symbols", "at least one symbol", lv.symbols)
+        for name in ("ws_url", "rest_url"):
+            url = getattr(lv, name)
+            schemes = ("ws://", "wss://") if name == "ws_url" else ("http://", "https://")
+            need(not url or url.startswith(schemes), f"live.{name}", f"a URL starting {' or '.join(schemes)}", url)
+        need(lv.snapshot_limit >= 1, "live.snapshot_limit", ">= 1", lv.snapshot_limit)
+        for name in ("connect_timeout_s", "ping_interval_s", "pong_timeout_s", "backoff_initial_s", "backoff_max_s",
+                     "max_connection_age_s"):
+            need(getattr(lv, name) > 0, f"live.{name}", "> 0", getattr(lv, name))
+        need(lv.snapshot_min_interval_s >= 0, "live.snapshot_min_interval_s", ">= 0", lv.snapshot_min_interval_s)
+        need(not lv.ca_file or Path(lv.ca_file).is_file(), "live.ca_file", "an existing PEM file", lv.ca_file)
         need(self.strategy.max_position > 0, "strategy.max_position", "> 0", self.strategy.max_position)
 
 

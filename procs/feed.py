@@ -45,6 +45,11 @@ STAGE_RECORDS = 16384
 #: Binary captures: records per batch (whole messages). The book takes up to 32 x 256 per pass, so the
 #: ring (64K slots by default) stays busy without one batch holding the thread for long.
 BINARY_BATCH_RECORDS = 8192
+#: Live source idle: retry snapshot requests and add up stale time at most this often.
+IDLE_ACCOUNT_NS = 1_000_000
+#: Live-source counters, appended to the feed's as live_<name> (names of LiveIngest.counters).
+LIVE_COUNTERS = ("frames", "reconnects", "connect_failures", "gaps", "resyncs", "snapshots_received",
+                 "snapshot_failures", "stale_ms", "bad_frames", "server_shutdowns", "pings_sent")
 
 
 def open_source(ctx: AgentContext, start_ns: int) -> tuple[Iterator[tuple[int, int, bytes]], Callable[[], bool]]:
@@ -101,13 +106,15 @@ class Ahead:
 class Feed(Agent):
     name = "feed"
     SOURCE = True
-    COUNTERS = ("messages_out", "records_out", "ring_full", *PARSE_COUNTER_NAMES, "messages_forwarded")
+    COUNTERS = ("messages_out", "records_out", "ring_full", *PARSE_COUNTER_NAMES, "messages_forwarded",
+                *(f"live_{n}" for n in LIVE_COUNTERS))
 
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
         self.ring = SpscRing.attach(ctx.run, "market", MARKET)
         self.prod = self.ring.producer()  # registers this process as the writer (consumers check it is alive)
-        self._bin = BinaryFeed.open(ctx, self.ring)  # a binary capture has its own path, no parser
+        # a binary capture and a live source each have their own path (same do_work/parker/finished/close)
+        self._bin: BinaryFeed | LiveFeed | None = BinaryFeed.open(ctx, self.ring) or LiveFeed.open(ctx, self.ring)
         if self._bin is not None:
             return
         # the launcher scanned the source for its symbols: any other symbol is counted, not added
@@ -410,6 +417,145 @@ class BinaryFeed:
                               "last (%.0f msg/s, %.0f records/s)", self._sent, self._records, span,
                               self._sent / span, self._records / span)
         self.cap.close()
+
+
+class LiveFeed:
+    """The feed's path for a live source (procs/sources/live.py): WebSocket frames and REST snapshots, parsed
+    as they arrive; the sync mirror asks for a snapshot whenever the book will need one.
+
+    t_origin_ns is the frame's receive time (taken right after recv(), on the pipeline's monotonic clock),
+    so tick-to-decision includes the feed's own pickup and parsing; the hop histogram is receive → parse.
+    Nothing is paced and the source never ends: the run stops on its duration, --max-messages or a signal.
+    """
+
+    @classmethod
+    def open(cls, ctx: AgentContext, ring: SpscRing) -> LiveFeed | None:
+        """A LiveFeed if the source is live, else None."""
+        return cls(ctx, ring) if ctx.config.source.kind == "live" else None
+
+    def __init__(self, ctx: AgentContext, ring: SpscRing) -> None:
+        from procs.sources.live import LiveIngest, options_from_config
+
+        self.ctx = ctx
+        opts = options_from_config(ctx.config.live)
+        if [s.upper() for s in opts.symbols] != list(ctx.symbols):
+            raise ValueError(f"field=live.symbols expected={list(ctx.symbols)} (the run's symbol table) "
+                             f"found={opts.symbols}")
+        self.ingest = LiveIngest(opts, log=ctx.log, now_ns=lib.tp_now_ns)
+        self.parser = Parser(SymbolTable(ctx.symbols, auto_add=False))
+        self.stage = np.zeros(STAGE_RECORDS, MARKET.dtype)
+        self._stage_addr = self.stage.ctypes.data
+        self._pub = self.stage["t_publish_ns"]
+        self._ring_addr = ring.addr
+        self._rec_size = MARKET.size
+        self.max_messages = ctx.config.run.max_messages
+        self._buf: list[tuple[int, bytes]] = []
+        self._pos = 0
+        self._done = False
+        self._sent = self._records = self._full = self._calls = self._fwd = self._logged = 0
+        self._exported = -1
+        self._acct_t = 0
+        self._bl_start = self._bl_end = 0
+        self._lat = np.zeros(BATCH_MESSAGES, np.int64)
+        hdr.record_many(ctx.hist_hop, self._lat[:0])  # compile before the barrier
+        self._base = 3 + len(PARSE_COUNTER_NAMES) + 1
+
+    def do_work(self) -> int:
+        if self._bl_end > self._bl_start:
+            return self._flush()  # the ring was full: finish the staged batch first, never blocking
+        if self._done:
+            return 0
+        buf = self._buf
+        if self._pos >= len(buf):
+            buf.clear()
+            self._pos = 0
+            if self.ingest.poll(buf) == 0:
+                now = lib.tp_now_ns()
+                if now - self._acct_t > IDLE_ACCOUNT_NS:  # snapshot retries and stale time, not on every pass
+                    self._acct_t = now
+                    self.ingest.after_parse(self.stage, 0, 0)
+                    self._export()
+                return 0
+        now = lib.tp_now_ns()
+        stage = self.stage
+        parse = self.parser.parse
+        lat = self._lat
+        n_rec = n_msg = 0
+        while self._pos < len(buf) and n_msg < BATCH_MESSAGES:
+            ts, raw = buf[self._pos]
+            n = parse(raw, ts, stage, n_rec)
+            if n == ERR_NO_SPACE:
+                if n_rec:
+                    break  # the next call stages it
+                self.ctx.log.error("message with more than %d records skipped: %r", len(stage), raw[:200])
+                self._pos += 1
+                continue
+            if n < 0 and self._logged < LOG_BAD_MESSAGES:
+                self._logged += 1
+                self.ctx.log.warning("malformed message (error %d, counted, skipped): %r", n, raw[:200])
+            lat[n_msg] = now - ts
+            n_rec += max(n, 0)
+            self._fwd += n > 0
+            n_msg += 1
+            self._pos += 1
+        self.ingest.after_parse(stage, 0, n_rec)  # the book's sync state, mirrored: snapshots it will need
+        self._acct_t = now
+        if n_rec:
+            self._pub[:n_rec] = lib.tp_now_ns()
+            self._bl_start, self._bl_end = 0, n_rec
+            self._flush()
+        self._sent += n_msg
+        self._records += n_rec
+        hdr.record_many(self.ctx.hist_hop, lat[:n_msg])  # receive → parsed
+        self._calls += 1
+        if self._calls & 63 == 0:
+            self._export()
+        if self.max_messages and self._sent >= self.max_messages:
+            self._done = True
+        return n_msg
+
+    def _flush(self) -> int:
+        """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
+        written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
+                           self._bl_end - self._bl_start, self._rec_size)
+        self._bl_start += written
+        if self._bl_start < self._bl_end:
+            self._full += 1
+        return written
+
+    def _export(self) -> None:
+        self._exported = self._sent
+        c = self.ctx.counters
+        c[0] = self._sent
+        c[1] = self._records
+        c[2] = self._full
+        self.parser.export_counters(c[3:])
+        c[3 + len(PARSE_COUNTER_NAMES)] = self._fwd
+        lc = self.ingest.counters
+        for i, name in enumerate(LIVE_COUNTERS):
+            c[self._base + i] = lc[name]
+
+    def parker(self) -> Callable[[int], bool]:
+        """Sleep in select() on the socket and the workers' wake pipe: a frame or a snapshot wakes the feed."""
+
+        def park(timeout_ns: int) -> bool:
+            self.ingest.wait(timeout_ns * 1e-9)
+            return True
+
+        return park
+
+    def finished(self) -> bool:
+        done = self._done and self._bl_start >= self._bl_end
+        if done:
+            self._export()
+        return done
+
+    def close(self) -> None:
+        self._export()
+        c = self.ingest.counters
+        self.ctx.log.info("feed: live: %d messages, %d records, %d reconnects, %d gaps, %d resyncs, %.1f s stale",
+                          self._sent, self._records, c["reconnects"], c["gaps"], c["resyncs"], c["stale_ms"] / 1e3)
+        self.ingest.close()
 
 
 AGENT = Feed

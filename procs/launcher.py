@@ -201,6 +201,11 @@ class Launcher:
         s = self.config.source
         if s.kind == "replay":
             return f"replay:{s.path} speed={s.speed:g}"
+        if s.kind == "live":
+            from procs.sources.live import options_from_config
+
+            o = options_from_config(self.config.live)
+            return f"live:{o.market} {o.ws_base} (snapshots {o.rest_base})"
         return f"sim(seed={self.config.sim.seed}) speed={s.speed:g}"
 
     def _supervise(self, state: RunState, procs: list, rings: list, sink: OrdersSink, sigs: _Signals) -> Outcome:
