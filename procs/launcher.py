@@ -407,6 +407,12 @@ class Launcher:
                  f"{f.get('records_out', 0)}, book updates {bk.get('books_out', 0)}, gaps {bk.get('gaps', 0)}, "
                  f"crossed {bk.get('crossed', 0)}, parse errors {_parse_errors(f)}, orders {sink.count}, "
                  f"scores {counters['inference'].get('scored', 0)} (alerts {counters['inference'].get('alerts', 0)})")
+        if self.config.source.kind == "live":
+            self.say(f"live: frames {f.get('live_frames', 0)}, reconnects {f.get('live_reconnects', 0)}, gaps "
+                     f"{f.get('live_gaps', 0)}, resyncs {f.get('live_resyncs', 0)}, snapshots "
+                     f"{f.get('live_snapshots_received', 0)} ({f.get('live_snapshot_failures', 0)} failed), "
+                     f"out of sync {f.get('live_stale_ms', 0) / 1e3:.1f} symbol-s, bad frames "
+                     f"{f.get('live_bad_frames', 0)}")
         self.say(f"report: {self.run_dir}/ (summary.json, percentiles.txt, latency.png, hlog/)")
         return summary
 
