@@ -14,6 +14,10 @@ Scenarios:
   A comparison table of the JSON and binary medians follows the main table.
 - `btc-speed1`: the same capture in real time: tick-to-decision without coordinated omission
   (t_origin_ns is the scheduled time, so any stall shows).
+- `live-local`: live mode (`--live ... --local-exchange`) for --seconds: the simulator's four symbols served
+  over Binance's WebSocket + REST protocol on loopback by the local exchange, which runs inside run.py's
+  launcher process (so it shares the 2 cores with the stages). tick-to-decision runs from the moment the
+  feed's recv() returned the frame; the exchange's own pacing and the loopback hop are not in it.
 - Only with --only: `btc-loop-speed0` and `btc-bin-loop-speed0` loop the capture for --seconds, for a
   sustained rate (a single pass of the binary capture takes ~30 ms, so the run's start and stop weigh
   in). Passes after the first replay the same update ids, so the book drops their diffs as stale: less
@@ -38,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TICKPIPE_DATA", ROOT.parent / "shared" / "data")) / "binance"
 BTC = DATA / "usdm_btcusdt_20240808_120s.lines.gz"
 #: Scenarios run when --only is not given (the loop ones are opt-in).
-DEFAULT = ("sim-speed0", "btc-speed0", "btc-bin-speed0", "btc-speed1")
+DEFAULT = ("sim-speed0", "btc-speed0", "btc-bin-speed0", "btc-speed1", "live-local")
 
 PLACEMENTS = (
     "feed,book,strategy@0 inference@1",  # the 2-core default: the critical chain in one thread, inference beside
@@ -54,6 +58,7 @@ def scenarios(seconds: float, speed1_seconds: float, btc_bin: Path) -> dict[str,
         "btc-speed0": ["--replay", str(BTC), "--speed", "0"],
         "btc-bin-speed0": ["--replay", str(btc_bin), "--speed", "0"],
         "btc-speed1": ["--replay", str(BTC), "--speed", "1", "--replay-duration", str(speed1_seconds)],
+        "live-local": ["--live", "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT", "--local-exchange", "--duration", str(seconds)],
         "btc-loop-speed0": ["--replay", str(BTC), "--speed", "0", "--loop", "--duration", str(seconds)],
         "btc-bin-loop-speed0": ["--replay", str(btc_bin), "--speed", "0", "--loop", "--duration", str(seconds)],
     }
@@ -174,7 +179,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--only", action="append",
-                    help="scenario name (repeatable): sim-speed0, btc-speed0, btc-bin-speed0, btc-speed1, "
+                    help="scenario name (repeatable): sim-speed0, btc-speed0, btc-bin-speed0, btc-speed1, live-local, "
                          "btc-loop-speed0, btc-bin-loop-speed0 (default: all but the loop ones)")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="run each scenario and placement N times (one row each; the comparison uses medians)")
