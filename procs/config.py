@@ -154,6 +154,11 @@ class Config:
             schemes = ("ws://", "wss://") if name == "ws_url" else ("http://", "https://")
             need(not url or url.startswith(schemes), f"live.{name}", f"a URL starting {' or '.join(schemes)}", url)
         need(lv.snapshot_limit >= 1, "live.snapshot_limit", ">= 1", lv.snapshot_limit)
+        need(not lv.streams or any(x == "depth" or x.startswith("depth@") for x in lv.streams), "live.streams",
+             "a diff depth stream among them (depth, depth@100ms or depth@0ms: the book is built from it)",
+             lv.streams)
+        need(all(x and "/" not in x and not any(c.isspace() for c in x) for x in lv.streams), "live.streams",
+             "stream names without the symbol, e.g. depth@100ms, trade", lv.streams)
         for name in ("connect_timeout_s", "ping_interval_s", "pong_timeout_s", "backoff_initial_s", "backoff_max_s",
                      "max_connection_age_s"):
             need(getattr(lv, name) > 0, f"live.{name}", "> 0", getattr(lv, name))

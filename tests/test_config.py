@@ -54,3 +54,13 @@ def test_overrides_are_typed_and_bad_values_name_the_field(tmp_path: Path) -> No
 def test_the_example_file_is_every_default() -> None:
     example = Path(__file__).resolve().parents[1] / "tickpipe.example.toml"
     assert load(example).to_dict() == Config().to_dict()
+
+
+def test_live_settings_are_checked() -> None:
+    for bad, field in (({"market": "coinm"}, "live.market"), ({"symbols": []}, "live.symbols"),
+                       ({"ws_url": "http://x"}, "live.ws_url"), ({"rest_url": "ws://x"}, "live.rest_url"),
+                       ({"streams": ["trade"]}, "live.streams"), ({"streams": ["depth", "a/b"]}, "live.streams"),
+                       ({"ping_interval_s": 0}, "live.ping_interval_s"), ({"ca_file": "/nope.pem"}, "live.ca_file")):
+        with pytest.raises(ConfigError, match=f"field={field} "):
+            Config().update({"live": bad})
+    Config().update({"source": {"kind": "live"}, "live": {"market": "usdm", "streams": ["depth@0ms", "aggTrade"]}})

@@ -7,6 +7,10 @@ mirror), followed by the parser and the book kernel in this process."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -237,3 +241,113 @@ def test_default_urls_and_streams() -> None:
     assert s.depth_url("BTCUSDT") == "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=1000"
     with pytest.raises(ValueError, match=r"field=live\.market"):
         LiveOptions(market="coinm")
+
+
+def test_idle_connection_is_pinged_and_an_old_one_replaced(exchange: LocalExchange, market: str) -> None:
+    c = Client(exchange, market, ping_interval_s=0.2, pong_timeout_s=5.0, max_connection_age_s=1.5)
+    try:
+        c.run_until(c.synced, 15.0, "the first sync")
+        exchange.pause()  # nothing to receive: the client pings, the server answers
+        try:
+            c.run_until(lambda: c.counters()["pongs_received"] >= 1, 5.0, "a pong")
+            assert c.counters()["pings_sent"] >= 1 and c.ingest.src.connected
+        finally:
+            exchange.resume()
+        c.run_until(lambda: c.counters()["max_age_reconnects"] >= 1 and c.ingest.src.connected, 10.0,
+                    "the reconnect at the maximum age")
+        c.run_until(c.synced, 10.0, "the resync on the new connection")
+        assert_books_equal(exchange, c)
+    finally:
+        c.close()
+
+
+def _silent_server() -> tuple[socket.socket, threading.Event]:
+    """Accepts WebSocket upgrades, then never sends or answers anything (a half-dead peer)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            lines = conn.recv(4096).decode().split("\r\n")
+            key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("sec-websocket-key")), "")
+            if not key:  # a REST snapshot request: refused
+                conn.close()
+                continue
+            accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            held.append(conn)
+        for c in held:
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, stop
+
+
+def test_a_silent_peer_is_dropped_after_the_pong_timeout() -> None:
+    srv, stop = _silent_server()
+    port = srv.getsockname()[1]
+    opts = LiveOptions(market="spot", symbols=["BTCUSDT"], ws_url=f"ws://127.0.0.1:{port}",
+                       rest_url=f"http://127.0.0.1:{port}", ping_interval_s=0.1, pong_timeout_s=0.2,
+                       backoff_initial_s=0.01, backoff_max_s=0.02, snapshot_min_interval_s=10.0)
+    ing = LiveIngest(opts)
+    try:
+        buf: list[tuple[int, bytes]] = []
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and ing.counters["reconnects"] < 2:
+            ing.poll(buf)
+            ing.wait(0.01)
+        c = ing.counters
+        assert c["pings_sent"] >= 2 and c["pongs_received"] == 0
+        assert c["reconnects"] >= 2  # each connection was given up after its missing pong
+    finally:
+        ing.close()
+        stop.set()
+        srv.close()
+
+
+def test_an_unknown_symbol_is_reported_and_retried_slowly(exchange: LocalExchange, market: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    # the streams come from `exchange`; the snapshots from another that does not list BTCUSDT (HTTP 400, -1121)
+    with LocalExchange(symbols=["ETHUSDT"], market=market, seed=1) as other:
+        opts = LiveOptions(market=market, symbols=["BTCUSDT", "ETHUSDT"], ws_url=exchange.ws_url,
+                           rest_url=other.rest_url, snapshot_min_interval_s=0.05)
+        ing = LiveIngest(opts)
+        try:
+            buf: list[tuple[int, bytes]] = []
+            end = time.monotonic() + 5.0
+            while time.monotonic() < end and (ing.counters["snapshot_failures"] == 0 or
+                                              ing.counters["snapshots_received"] == 0):
+                ing.poll(buf)
+                ing.after_parse(None, 0, 0)
+                ing.wait(0.01)
+            assert ing.counters["snapshot_failures"] == 1 and ing.counters["snapshots_received"] == 1
+            assert "refused the snapshot request for BTCUSDT" in caplog.text and "-1121" in caplog.text
+            assert ing.src._snap_next_ok_ns[0] - time.monotonic_ns() > 50e9  # not hammered every second
+        finally:
+            ing.close()
+
+
+def test_a_refused_handshake_says_why(exchange: LocalExchange, market: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    opts = LiveOptions(market=market, symbols=["BTCUSDT"], streams=["depth@100ms", "nosuchstream"],
+                       ws_url=exchange.ws_url, rest_url=exchange.rest_url, backoff_initial_s=0.01)
+    ing = LiveIngest(opts)
+    try:
+        buf: list[tuple[int, bytes]] = []
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and ing.counters["connect_failures"] == 0:
+            ing.poll(buf)
+            ing.wait(0.01)
+        assert ing.counters["connect_failures"] >= 1 and not ing.src.connected
+        assert "HTTP 400" in caplog.text and "nosuchstream" in caplog.text
+    finally:
+        ing.close()

@@ -51,6 +51,8 @@ DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}
 DEFAULT_STREAMS = {"spot": ("depth@100ms", "bookTicker", "trade"), "usdm": ("depth@100ms", "bookTicker", "aggTrade")}
 #: Bytes asked of each recv(): a burst of frames in one syscall.
 RECV_BYTES = 1 << 18
+#: Wait before asking again for a snapshot the exchange refused (HTTP 400).
+REFUSED_RETRY_S = 60.0
 #: Largest message accepted (a 5000-level snapshot is ~250 KB; frames are far smaller).
 MAX_MESSAGE = 1 << 22
 
@@ -126,10 +128,12 @@ def wrap_snapshot(symbol: str, body: bytes) -> bytes:
 
 
 class SnapshotError(Exception):
-    def __init__(self, msg: str, *, rate_limited: bool = False, retry_after_s: float = 0.0) -> None:
+    def __init__(self, msg: str, *, rate_limited: bool = False, retry_after_s: float = 0.0,
+                 refused: bool = False) -> None:
         super().__init__(msg)
         self.rate_limited = rate_limited
         self.retry_after_s = retry_after_s
+        self.refused = refused  # HTTP 400: the request itself is wrong (e.g. an unknown symbol)
 
 
 def ssl_context(ca_file: str = "") -> ssl.SSLContext:
@@ -149,7 +153,7 @@ def fetch_snapshot(url: str, timeout_s: float, ctx: ssl.SSLContext | None) -> by
     except urllib.error.HTTPError as exc:
         retry = float(exc.headers.get("Retry-After", "0") or 0) if exc.headers else 0.0
         raise SnapshotError(f"GET {url}: HTTP {exc.code} {exc.read()[:200]!r}", rate_limited=exc.code in (418, 429),
-                            retry_after_s=retry) from None
+                            retry_after_s=retry, refused=exc.code == 400) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise SnapshotError(f"GET {url}: {exc}") from None
     if not body.lstrip().startswith(b"{") or b"lastUpdateId" not in body:
@@ -197,7 +201,11 @@ def open_connection(url: str, timeout_s: float, ctx: ssl.SSLContext | None, now_
                 break
         if proto.state is not State.OPEN:
             exc = proto.handshake_exc
-            raise ConnectionError(f"WebSocket handshake with {url} failed: {exc}") from exc
+            resp = getattr(exc, "response", None)
+            body = bytes(resp.body or b"")[:300] if resp is not None else b""
+            # the server's own words (a Binance 400 names the bad stream)
+            raise ConnectionError(f"WebSocket handshake with {url} failed: {exc}"
+                                  + (f" {body.decode(errors='replace')!r}" if body else "")) from exc
         sock.setblocking(False)
         return _Conn(sock, proto, now_ns(), early)
     except BaseException:
@@ -491,9 +499,15 @@ class LiveSource:
                 if exc.rate_limited:
                     self.counters["rate_limited"] += 1
                     wait_s = max(exc.retry_after_s, 10 * wait_s)
+                if exc.refused:
+                    wait_s = max(wait_s, REFUSED_RETRY_S)  # retrying fast will not fix a wrong symbol
                 self._snap_next_ok_ns[sym] = now + int(wait_s * 1e9)
                 self._snap_wanted.add(sym)  # still needed: retried after the wait
-                self.log.warning("live: snapshot of %s failed (%s); retrying in %.1f s", name, exc, wait_s)
+                if exc.refused:
+                    self.log.error("live: the exchange refused the snapshot request for %s (is the symbol listed on "
+                                   "this market?): %s; its book stays invalid; retrying in %.0f s", name, exc, wait_s)
+                else:
+                    self.log.warning("live: snapshot of %s failed (%s); retrying in %.1f s", name, exc, wait_s)
                 continue
             except Exception as exc:  # a bug in a worker must not kill the feed: counted, retried
                 self.counters["snapshot_failures"] += 1
