@@ -103,7 +103,42 @@ class Ahead:
         return True
 
 
-class Feed(Agent):
+class _Staging:
+    """A staged batch of MARKET records and its write to the market ring, shared by the feed's source paths.
+
+    What does not fit in the ring stays staged (`_bl_start:_bl_end`) for the next call: backpressure,
+    counted in `ring_full`, never a drop and never a block (the book may run in the same thread).
+    """
+
+    _ring_addr: int
+    _stage_addr: int
+    _rec_size: int
+    _bl_start: int
+    _bl_end: int
+    _full: int
+    _done: bool
+
+    def _export(self) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> int:
+        """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
+        # straight to C with the stage's precomputed address: no numpy slice, no address lookup per call
+        written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
+                           self._bl_end - self._bl_start, self._rec_size)
+        self._bl_start += written
+        if self._bl_start < self._bl_end:
+            self._full += 1
+        return written
+
+    def finished(self) -> bool:
+        done = self._done and self._bl_start >= self._bl_end
+        if done:
+            self._export()  # the launcher reads the final counts as soon as it sees `finished`
+        return done
+
+
+class Feed(_Staging, Agent):
     name = "feed"
     SOURCE = True
     COUNTERS = ("messages_out", "records_out", "ring_full", *PARSE_COUNTER_NAMES, "messages_forwarded",
@@ -224,16 +259,6 @@ class Feed(Agent):
             self._export()
         return n_msg
 
-    def _flush(self) -> int:
-        """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
-        # straight to C with the stage's precomputed address: no numpy slice, no address lookup per call
-        written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
-                           self._bl_end - self._bl_start, self._rec_size)
-        self._bl_start += written
-        if self._bl_start < self._bl_end:
-            self._full += 1
-        return written
-
     def _export(self) -> None:
         self._exported = self._sent
         c = self.ctx.counters
@@ -262,10 +287,7 @@ class Feed(Agent):
     def finished(self) -> bool:
         if self._bin is not None:
             return self._bin.finished()
-        done = self._done and self._bl_start >= self._bl_end
-        if done:
-            self._export()  # the launcher reads the final counts as soon as it sees `finished`
-        return done
+        return super().finished()
 
     def on_close(self) -> None:
         if self._bin is not None:
@@ -280,7 +302,7 @@ class Feed(Agent):
         self.ring.close()
 
 
-class BinaryFeed:
+class BinaryFeed(_Staging):
     """The feed's path for a binary capture: whole due messages, already parsed, copied in large batches.
 
     At speed 0 a batch is up to BINARY_BATCH_RECORDS records, so the feed costs two memcpys per record
@@ -368,15 +390,6 @@ class BinaryFeed:
             self._export()
         return k
 
-    def _flush(self) -> int:
-        """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
-        written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
-                           self._bl_end - self._bl_start, self._rec_size)
-        self._bl_start += written
-        if self._bl_start < self._bl_end:
-            self._full += 1
-        return written
-
     def _export(self) -> None:
         self._exported = self._sent
         c = self.ctx.counters
@@ -403,12 +416,6 @@ class BinaryFeed:
 
         return park
 
-    def finished(self) -> bool:
-        done = self._done and self._bl_start >= self._bl_end
-        if done:
-            self._export()  # the launcher reads the final counts as soon as it sees `finished`
-        return done
-
     def close(self) -> None:
         self._export()
         if self._sent > 1:
@@ -419,7 +426,7 @@ class BinaryFeed:
         self.cap.close()
 
 
-class LiveFeed:
+class LiveFeed(_Staging):
     """The feed's path for a live source (procs/sources/live.py): WebSocket frames and REST snapshots, parsed
     as they arrive; the sync mirror asks for a snapshot whenever the book will need one.
 
@@ -514,15 +521,6 @@ class LiveFeed:
             self._done = True
         return n_msg
 
-    def _flush(self) -> int:
-        """Write what is staged; what does not fit waits for the next call (backpressure, counted)."""
-        written = tp_write(self._ring_addr, self._stage_addr + self._bl_start * self._rec_size,
-                           self._bl_end - self._bl_start, self._rec_size)
-        self._bl_start += written
-        if self._bl_start < self._bl_end:
-            self._full += 1
-        return written
-
     def _export(self) -> None:
         self._exported = self._sent
         c = self.ctx.counters
@@ -543,12 +541,6 @@ class LiveFeed:
             return True
 
         return park
-
-    def finished(self) -> bool:
-        done = self._done and self._bl_start >= self._bl_end
-        if done:
-            self._export()
-        return done
 
     def close(self) -> None:
         self._export()
