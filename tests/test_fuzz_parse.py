@@ -116,7 +116,7 @@ def test_a_fast_path_bug_is_caught_and_saved(corpus: dict[str, list[bytes]], tmp
 
 def test_a_bug_both_paths_share_is_caught_by_the_independent_decoding(corpus: dict[str, list[bytes]]) -> None:
     res = fz.run(600, seed=4, corpus=corpus, factory=_both_paths_round, keep=3)
-    assert res.problems > 5 and {p.what for p in res.first} == {"reference"}
+    assert res.problems > 0 and {p.what for p in res.first} == {"reference"}  # with or without the shared captures
     assert "reference" in res.first[0].detail
 
 
