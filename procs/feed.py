@@ -25,7 +25,9 @@ import numpy as np
 
 from procs.agent import Agent, AgentContext
 from procs.kernels.parse_json import ERR_NO_SPACE, PARSE_COUNTER_NAMES, Parser, SymbolTable
+from procs.kernels.sync import write_resets
 from procs.sources.binary import BinaryCapture, BinaryReplay, CaptureFormatError, summarize
+from procs.sources.live import LOST
 from procs.sources.replay import SPIN_NS, CaptureReader, ReplayOptions, capture_format, paced
 from shm import hdr
 from shm.native import lib
@@ -433,6 +435,8 @@ class LiveFeed(_Staging):
     t_origin_ns is the frame's receive time (taken right after recv(), on the pipeline's monotonic clock),
     so tick-to-decision includes the feed's own pickup and parsing; the hop histogram is receive → parse.
     Nothing is paced and the source never ends: the run stops on its duration, --max-messages or a signal.
+    A lost connection publishes one KIND_RESET record per symbol, in order, so the book (and the strategy
+    after it) stops trusting books that no longer receive their diffs.
     """
 
     @classmethod
@@ -449,6 +453,7 @@ class LiveFeed(_Staging):
             raise ValueError(f"field=live.symbols expected={list(ctx.symbols)} (the run's symbol table) "
                              f"found={opts.symbols}")
         self.ingest = LiveIngest(opts, log=ctx.log, now_ns=lib.tp_now_ns)
+        self._n_sym = len(ctx.symbols)
         self.parser = Parser(SymbolTable(ctx.symbols, auto_add=False))
         self.stage = np.zeros(STAGE_RECORDS, MARKET.dtype)
         self._stage_addr = self.stage.ctypes.data
@@ -490,6 +495,14 @@ class LiveFeed(_Staging):
         n_rec = n_msg = 0
         while self._pos < len(buf) and n_msg < BATCH_MESSAGES:
             ts, raw = buf[self._pos]
+            if raw is LOST:  # the connection dropped here: every book is invalid until its next snapshot
+                k = write_resets(stage, n_rec, self._n_sym, ts)
+                if k == 0:
+                    break  # no room left in this batch: the next call writes them
+                n_rec += k
+                self._fwd += k
+                self._pos += 1
+                continue
             n = parse(raw, ts, stage, n_rec)
             if n == ERR_NO_SPACE:
                 if n_rec:

@@ -44,6 +44,8 @@ KIND_TRADE = 12
 KIND_TICKER = 13
 #: A depthUpdate that changed no level (still advances the update-id chain).
 KIND_DEPTH_EMPTY = 14
+#: The source lost its stream (a live disconnect): the symbol's book is invalid until its next snapshot.
+KIND_RESET = 15
 #: Top of book after an update.
 KIND_BOOK = 20
 #: Feature vector after an update.

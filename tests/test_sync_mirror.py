@@ -12,7 +12,7 @@ import pytest
 
 from procs.kernels.book import S_LAST_ID, S_NEED_SNAPSHOT, S_STATUS, ST_LIVE, BookState
 from procs.kernels.parse_json import Parser, SymbolTable
-from procs.kernels.sync import T_GAPS, T_LAST_ID, T_STATUS, SyncMirror
+from procs.kernels.sync import T_GAPS, T_LAST_ID, T_STATUS, SyncMirror, write_resets
 from procs.sources.replay import read_capture
 from procs.sources.simulator import SimParams, Simulator
 from shm.records import BOOK, FEATURES, KIND_DEPTH, KIND_DEPTH_EMPTY, KIND_SNAPSHOT, MARKET
@@ -32,8 +32,9 @@ def _messages(raws: list[bytes], symbols: SymbolTable, bare: str | None) -> list
     return msgs
 
 
-def _mutate(msgs: list[np.ndarray], rng: random.Random, p_fault: float) -> list[np.ndarray]:
-    """Drop, swap and duplicate diffs, and replay old snapshots at random points: every path of the rules."""
+def _mutate(msgs: list[np.ndarray], rng: random.Random, p_fault: float, n_sym: int) -> list[np.ndarray]:
+    """Drop, swap and duplicate diffs, replay old snapshots and reset every book at random points: every path
+    of the rules."""
     snaps = [m for m in msgs if m[0]["kind"] == KIND_SNAPSHOT]
     res: list[np.ndarray] = []
     i = 0
@@ -52,6 +53,10 @@ def _mutate(msgs: list[np.ndarray], rng: random.Random, p_fault: float) -> list[
             res += [m, m]  # duplicated: stale the second time
         elif snaps and u < 4 * p_fault:
             res += [rng.choice(snaps), m]  # an old snapshot: ignored, or too old for the buffered diffs
+        elif u < 5 * p_fault:
+            resets = np.zeros(n_sym, MARKET.dtype)
+            write_resets(resets, 0, n_sym, 0)
+            res += [resets, m]  # a lost connection: every book dropped
         else:
             res.append(m)
         i += 1
@@ -78,6 +83,7 @@ def _agree(msgs: list[np.ndarray], n_sym: int, buffer: int) -> dict[str, int]:
                 assert mirror.st[s, T_LAST_ID] == st.sym_state[s, S_LAST_ID], ctx
         seen["needs"] += int(mirror.need.sum())
         seen["live"] += int((mirror.st[:, T_STATUS] == ST_LIVE).sum())
+    seen["resets"] = st.counts()["resets"]
     assert int(mirror.st[:, T_GAPS].sum()) == st.counts()["gaps"]
     seen["gaps"] = st.counts()["gaps"]
     return seen
@@ -95,8 +101,8 @@ def test_mirror_agrees_with_the_book_on_real_captures_with_faults(data_dir: Path
     msgs = _messages(raws, symbols, bare)
     clean = _agree(msgs, len(symbols), buffer)
     assert clean["live"] > 0 or buffer < 100  # a tiny buffer may drop the diffs that bridge the snapshot
-    faulty = _agree(_mutate(msgs, random.Random(3), 0.02), len(symbols), buffer)
-    assert faulty["gaps"] > 0 and faulty["needs"] > 0  # the faults did break the chain
+    faulty = _agree(_mutate(msgs, random.Random(3), 0.02, len(symbols)), len(symbols), buffer)
+    assert faulty["needs"] > 0 and faulty["gaps"] + faulty["resets"] > 0  # the faults did break the chain
 
 
 def test_mirror_agrees_on_the_simulator_with_a_tiny_buffer() -> None:
@@ -108,7 +114,7 @@ def test_mirror_agrees_on_the_simulator_with_a_tiny_buffer() -> None:
             break
     symbols = SymbolTable()
     msgs = _messages(raws, symbols, None)
-    seen = _agree(_mutate(msgs, random.Random(9), 0.03), len(symbols), 6)
+    seen = _agree(_mutate(msgs, random.Random(9), 0.03, len(symbols)), len(symbols), 6)
     assert seen["gaps"] > 0 and seen["live"] > 0
 
 

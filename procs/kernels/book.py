@@ -13,6 +13,8 @@ Diffs before the snapshot (or after a gap) are buffered per symbol (bounded: the
 messages are evicted) and replayed when the snapshot ends. A diff that does not chain is a gap: the
 book turns invalid, `S_NEED_SNAPSHOT` is raised (the feed should fetch a new snapshot), the buffer
 restarts with that diff. Deleting a level that is not in the book is normal (counted, not an error).
+A KIND_RESET record (a live source lost its connection) invalidates the book the same way, with an
+empty buffer: whatever was missed cannot be bridged.
 
 The batch kernel reads MARKET records and, after every message that changes what a consumer sees
 (an applied diff, a snapshot, a trade, a gap), writes one BOOK and one FEATURES record, so the output
@@ -47,6 +49,7 @@ from shm.records import (
     KIND_DEPTH,
     KIND_DEPTH_EMPTY,
     KIND_FEATURES,
+    KIND_RESET,
     KIND_SNAPSHOT,
     KIND_TICKER,
     KIND_TRADE,
@@ -138,14 +141,16 @@ C_TICKERS = 13
 C_LEVELS_EVICTED = 14
 #: BOOK + FEATURES pairs written.
 C_EMITTED = 15
+#: Resets by the source (it lost its stream): the book was dropped until the next snapshot.
+C_RESETS = 16
 #: Number of per-symbol counters.
-N_BOOK_COUNTERS = 16
+N_BOOK_COUNTERS = 17
 
 #: Counter names, by index.
 BOOK_COUNTER_NAMES: tuple[str, ...] = (
     "diffs_applied", "levels_applied", "delete_unknown", "stale", "buffered", "buffer_evicted",
     "buffer_overflow", "gaps", "resyncs_needed", "snapshots", "snapshots_stale", "crossed", "trades",
-    "tickers", "levels_evicted", "emitted",
+    "tickers", "levels_evicted", "emitted", "resets",
 )
 
 # -- actions decided at the first record of a message -----------------------------------------------
@@ -158,6 +163,7 @@ A_SNAPSHOT = 5
 A_TRADE = 6
 A_DROP = 7
 A_DROP_GAP = 8
+A_RESET = 9
 
 _LAST = FLAG_LAST_IN_MESSAGE
 
@@ -389,6 +395,8 @@ def book_kernel(inp: np.ndarray, in_pos: int, n: int, in_mask: int,
                     glob[G_SNAP_N + 1] = 0
             elif kind == KIND_TRADE:
                 action = A_TRADE
+            elif kind == KIND_RESET:
+                action = A_RESET
             else:
                 if kind == KIND_TICKER:
                     counters[s, C_TICKERS] += 1
@@ -445,6 +453,16 @@ def book_kernel(inp: np.ndarray, in_pos: int, n: int, in_mask: int,
             else:
                 sym_state[s, S_STATUS] = ST_EMPTY  # truncated snapshot: wait for another
                 sym_state[s, S_NEED_SNAPSHOT] = 1
+            emit = True
+        elif action == A_RESET:
+            # the diffs that would follow are lost: nothing buffered can bridge, the next snapshot starts over
+            counters[s, C_RESETS] += 1
+            if sym_state[s, S_STATUS] != ST_EMPTY:
+                counters[s, C_RESYNCS_NEEDED] += 1
+            sym_state[s, S_STATUS] = ST_EMPTY
+            sym_state[s, S_NEED_SNAPSHOT] = 1
+            sym_state[s, S_BUF_HEAD] = 0
+            sym_state[s, S_BUF_LEN] = 0
             emit = True
         elif action in (A_GAP, A_DROP_GAP, A_TRADE):
             emit = True

@@ -34,9 +34,24 @@ from shm.records import (
     FLAG_SNAPSHOT_END,
     KIND_DEPTH,
     KIND_DEPTH_EMPTY,
+    KIND_RESET,
     KIND_SNAPSHOT,
     MARKET,
 )
+
+
+def write_resets(out: np.ndarray, start: int, n_symbols: int, t_origin_ns: int) -> int:
+    """One KIND_RESET record per symbol at out[start:] (a lost connection); the number written, or 0 if
+    there is no room. Every book turns invalid until its next snapshot, and so does the mirror."""
+    if start + n_symbols > len(out):
+        return 0
+    r = out[start:start + n_symbols]
+    r[:] = 0
+    r["t_origin_ns"] = t_origin_ns
+    r["symbol"] = np.arange(n_symbols)
+    r["kind"] = KIND_RESET
+    r["flags"] = FLAG_LAST_IN_MESSAGE
+    return n_symbols
 
 # per-symbol state columns
 T_STATUS = 0
@@ -166,6 +181,16 @@ def sync_kernel(recs: np.ndarray, start: int, end: int, st: np.ndarray, msgs: np
                 raised += 1 - was
             elif action == A_STALE:
                 pass
+        elif k0 == KIND_RESET:
+            was = need[s]
+            if st[s, T_STATUS] != ST_EMPTY:
+                st[s, T_NEED_COUNT] += 1
+            st[s, T_STATUS] = ST_EMPTY
+            st[s, T_HEAD] = 0
+            st[s, T_LEN] = 0
+            st[s, T_RECS] = 0
+            need[s] = 1
+            raised += 1 - was
         elif k0 == KIND_SNAPSHOT and cur[3] == 1:
             if r.flags & FLAG_SNAPSHOT_END:
                 st[s, T_LAST_ID] = r.last_id

@@ -1,11 +1,12 @@
 """Live Binance market data: one combined-stream WebSocket plus REST depth snapshots, polled without blocking.
 
 The feed calls `LiveSource.poll(out)` on every pass; it appends `(receive_ns, raw_json)` pairs and never
-waits. The socket is read non-blocking and decoded with websockets' Sans-I/O protocol (`ClientProtocol`),
-so the receive timestamp is taken the moment `recv()` returns the bytes, before any framing or parsing,
-and the feed needs no thread or event loop on its hot path. Only slow, blocking work runs in a small
-thread pool: the TCP + TLS + HTTP upgrade of a new connection, and REST snapshot requests. A finished
-job wakes a parked feed through a pipe (`fileno()` is select-able along with the socket).
+waits; a lost connection appears in that order as `(ts, LOST)`. The socket is read non-blocking and
+decoded with websockets' Sans-I/O protocol (`ClientProtocol`), so the receive timestamp is taken the
+moment `recv()` returns the bytes, before any framing or parsing, and the feed needs no thread or event
+loop on its hot path. Only slow, blocking work runs in a small thread pool: the TCP + TLS + HTTP upgrade
+of a new connection, and REST snapshot requests. A finished job wakes a parked feed through a pipe
+(`fileno()` is select-able along with the socket).
 
 REST snapshots come back wrapped as `{"stream":"<symbol>@depthSnapshot","data":<body>}`, the capture
 format's convention, so the parser, the book and the recorder treat them like any other message.
@@ -55,6 +56,10 @@ RECV_BYTES = 1 << 18
 REFUSED_RETRY_S = 60.0
 #: Largest message accepted (a 5000-level snapshot is ~250 KB; frames are far smaller).
 MAX_MESSAGE = 1 << 22
+
+#: Appended by `poll` as `(ts, LOST)` where a connection was lost: messages after it come from a new
+#: connection, so every book must be dropped until its next snapshot (the feed publishes KIND_RESET).
+LOST = b""
 
 #: Counter names, in export order.
 LIVE_COUNTER_NAMES: tuple[str, ...] = (
@@ -244,6 +249,7 @@ class LiveSource:
         self._snap_next_ok_ns = [0] * len(opts.symbols)
         self._snap_wanted: set[int] = set()
         self._closed = False
+        self._lost = False  # a connection was lost since the last poll: LOST goes out in order
         #: True from a (re)connect until the caller has taken `reconnected()`: every book needs a snapshot.
         self._reconnected = False
         self.connected_since_ns = 0
@@ -264,6 +270,9 @@ class LiveSource:
                 self._finish_connect(out)
         elif not self._closed and now >= self._next_connect_ns:
             self._start_connect()
+        if self._lost:
+            self._lost = False
+            out.append((self.stamp_ns(), LOST))
         if self._snap_jobs or self._snap_wanted:
             self._snapshots(out, now)
         return len(out) - n0
@@ -372,6 +381,7 @@ class LiveSource:
         conn = self._conn
         self._conn = None
         if conn is not None:
+            self._lost = not self._closed
             with contextlib.suppress(OSError):
                 conn.sock.close()
         self.connected_since_ns = 0
