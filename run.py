@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="idle strategy: spin | yield[:spin_ns=N] | park[:spin_ns=N,yield_ns=N,park_timeout_ns=N] "
                           "| auto (default: spin only when every process has a core of its own, else park)")
     run.add_argument("--model", metavar="ONNX", help="anomaly model with a sidecar JSON (default models/anomaly.onnx)")
+    run.add_argument("--direction-model", metavar="ONNX",
+                     help="direction model with a sidecar JSON, scored beside the anomaly model (default "
+                          "models/direction.onnx, skipped with a warning while it does not exist; \"\" for none)")
     run.add_argument("--out", metavar="DIR", help="folder for run reports (default runs/)")
     run.add_argument("--realtime", action="store_true", default=None,
                      help="mlockall, and SCHED_FIFO for pinned stages that park (warns when not permitted or "
@@ -105,6 +108,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     put("run", "out_dir", args.out)
     put("run", "realtime", args.realtime)
     put("inference", "model", args.model)
+    put("inference", "direction_model", args.direction_model)
     for item in args.set:
         key, eq, val = item.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -147,6 +151,19 @@ def load_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _check_model(config: Config, key: str) -> str | None:
+    """Resolve inference.<key> (a relative default works from any working directory); what is wrong with it."""
+    model = Path(getattr(config.inference, key))
+    if not model.is_absolute() and not model.is_file() and (Path(__file__).parent / model).is_file():
+        model = Path(__file__).parent / model
+        setattr(config.inference, key, str(model))
+    side = model.with_suffix(".json")
+    if model.is_file() and side.is_file():
+        return None
+    return (f"field=inference.{key} expected=an ONNX file with a sidecar JSON next to it found={model} "
+            f"(exists: {model.is_file()}, sidecar {side} exists: {side.is_file()})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -179,15 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         symbols = list(config.live.symbols)
     else:
         symbols = list(config.sim.symbols)
-    model = Path(config.inference.model)
-    if not model.is_absolute() and not model.is_file() and (Path(__file__).parent / model).is_file():
-        model = Path(__file__).parent / model  # the default works from any working directory
-        config.inference.model = str(model)
-    if not model.is_file() or not model.with_suffix(".json").is_file():
-        print(f"run.py: bad configuration: field=inference.model expected=an ONNX file with a sidecar JSON next "
-              f"to it found={model} (exists: {model.is_file()}, sidecar {model.with_suffix('.json')} exists: "
-              f"{model.with_suffix('.json').is_file()})", file=sys.stderr)
+    problem = _check_model(config, "model")
+    if problem:
+        print(f"run.py: bad configuration: {problem}", file=sys.stderr)
         return 2
+    if config.inference.direction_model:
+        problem = _check_model(config, "direction_model")
+        if problem and args.direction_model is None and \
+                config.inference.direction_model == cfgmod.DEFAULT_DIRECTION_MODEL:
+            # the default direction model may not be trained yet: the anomaly model runs alone
+            print(f"run.py: warning: no direction model ({problem}); scoring with the anomaly model only",
+                  file=sys.stderr)
+            config.inference.direction_model = ""
+        elif problem:
+            print(f"run.py: bad configuration: {problem}", file=sys.stderr)
+            return 2
     if args.local_exchange:
         from procs.sources.exchange import LocalExchange
 

@@ -85,9 +85,15 @@ class StrategyConfig:
     pause_hold_ms: float = 500.0  #: after an anomaly alert, stay out until the flag has been clear this long
 
 
+#: The direction model run.py loads when none is named; its absence only warns (the anomaly model runs alone).
+DEFAULT_DIRECTION_MODEL = "models/direction.onnx"
+
+
 @dataclass
 class InferenceConfig:
-    model: str = "models/anomaly.onnx"  #: ONNX model with a sidecar JSON next to it
+    model: str = "models/anomaly.onnx"  #: anomaly model (ONNX) with a sidecar JSON next to it
+    #: direction model (ONNX + sidecar) scored in the same pass, P(up) in SCORE; "" for none
+    direction_model: str = DEFAULT_DIRECTION_MODEL
     intra_op_threads: int = 1
     min_interval_us: float = 1000.0  #: one scoring pass at most this often (scores are conflated; 0: on every update)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from procs.kernels.book import BookState
 from procs.kernels.parse_json import ERR_NO_SPACE, Parser, SymbolTable
-from shm.features import FEATURE_INDEX, FEATURE_NAMES
+from shm.features import FEATURE_INDEX, FEATURE_NAMES, feature_layout_hash
 from shm.records import BOOK, FEATURES, FLAG_BOOK_VALID, MARKET
 
 #: Anomaly kinds the simulator labels; label k+1 is ANOMALY_KINDS[k].
@@ -43,8 +43,8 @@ ANOMALY_KINDS: tuple[str, ...] = ("price_spike", "volume_surge", "spread_blowout
 SIM_START_MS = 1_704_067_200_000
 #: Records per book-kernel call.
 BATCH = 1 << 14
-#: Hash of the feature layout a dataset was made with (a model trained on it records it).
-FEATURE_LAYOUT = hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:16]
+#: Hash of the feature layout a dataset was made with (a model trained on it records it as `feature_layout`).
+FEATURE_LAYOUT = feature_layout_hash()
 
 
 def _log(msg: str) -> None:

@@ -1,63 +1,188 @@
-"""inference: the newest FEATURES of every symbol (conflated board) → ONNX model → SCORE per symbol (board).
+"""inference: the newest FEATURES of every symbol (conflated board) → two ONNX models → one SCORE per symbol (board).
 
-Scoring is conflated on purpose: when features arrive faster than the model scores them, the
-model scores the newest vector of each symbol and skips the rest (the board's per-key update
-counter says how many, counted as `features_skipped`), so the scores never fall behind the market.
-All symbols that changed since the last pass are scored in one batch (one ONNX Runtime call), and
-passes are at most `inference.min_interval_us` apart.
+Both models run in this one process, each on one ONNX Runtime intra-op thread: the anomaly model
+(`inference.model`, required) and the direction model (`inference.direction_model`, optional). A pass
+reads the newest feature vector of every symbol that changed, scores the batch with each model (one
+ONNX Runtime call per model per pass) and writes one SCORE record per symbol holding both, laid out
+as `shm.records.SCORE_*` says:
+
+    values[SCORE_ANOMALY]        anomaly level in [0, 1] (P(anomaly), or min(error / threshold, 1))
+    values[SCORE_ANOMALY_RAW]    the anomaly model's column 0; FLAG_ANOMALY when above its threshold
+    values[SCORE_UP]             P(up) from the direction model's column 0 (NaN without one)
+    values[SCORE_DIRECTION_1]    the direction model's column 1 (NaN without one)
+    values[SCORE_ANOMALY_EXTRA:] the anomaly model's columns 1, 2, ... (NaN where it has fewer)
+
+Scoring is conflated on purpose: when features arrive faster than the models score them, the newest
+vector of each symbol is scored and the rest skipped (the board's per-key update counter says how
+many, counted as `features_skipped`), so the scores never fall behind the market. Passes are at most
+`inference.min_interval_us` apart.
+
+Never in the way of book → strategy: the stage reads the features board and writes the scores board,
+both seqlocked (no ring, so no backpressure on the book), and a SCORE write holds a key's seqlock for
+one 128-byte copy only (the record is complete before the lock is taken). The default placement gives
+inference a core of its own, and it sleeps between passes (SPINS = False).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from numba import njit
 
 from procs.agent import Agent, AgentContext
-from procs.model import Model
+from procs.config import DEFAULT_DIRECTION_MODEL, InferenceConfig
+from procs.model import Model, resolve_model_path
 from shm import hdr
-from shm.native import lib
-from shm.records import FEATURES, FLAG_ANOMALY, KIND_SCORE, SCORE
-from shm.ring import Board
+from shm.native import ffi, lib
+from shm.records import (
+    FEATURES,
+    FLAG_ANOMALY,
+    KIND_SCORE,
+    SCORE,
+    SCORE_ANOMALY,
+    SCORE_ANOMALY_EXTRA,
+    SCORE_ANOMALY_RAW,
+    SCORE_DIRECTION_1,
+    SCORE_N_VALUES,
+    SCORE_UP,
+)
+from shm.ring import Board, address
 
 C_BATCHES = 0
 C_SCORED = 1
 C_SKIPPED = 2
 C_ALERTS = 3
+C_SCORED_ANOMALY = 4
+C_SCORED_DIRECTION = 5
+N_COUNTERS = 6
 #: Shortest sleep between board polls when idle (a score is at most this much later than it could be).
 PARK_MIN_NS = 100_000
 
 
+def load_models(cfg: InferenceConfig, warn: Callable[[str], Any] | None = None) -> tuple[Model, Model | None]:
+    """The anomaly model and the direction model (None when `direction_model` is "", or is the default
+    path and that file does not exist yet: then `warn` is told). Errors name the config field."""
+    anomaly = Model.load(resolve_model_path(cfg.model), intra_op_threads=cfg.intra_op_threads, kind="anomaly")
+    if not cfg.direction_model:
+        return anomaly, None
+    path = resolve_model_path(cfg.direction_model)
+    if cfg.direction_model == DEFAULT_DIRECTION_MODEL and not (path.is_file() and path.with_suffix(".json").is_file()):
+        if warn:
+            warn(f"inference.direction_model: the default {DEFAULT_DIRECTION_MODEL} (or its sidecar) does not exist; "
+                 "scoring with the anomaly model only (SCORE_UP is NaN)")
+        return anomaly, None
+    try:
+        direction = Model.load(path, intra_op_threads=cfg.intra_op_threads, kind="direction")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"inference.direction_model: {e}") from e
+    if not direction.kind_declared and warn:
+        warn(f"inference.direction_model: {path.with_suffix('.json')} declares no \"kind\"; taken as a direction "
+             "model (column 0 = P(up))")
+    return anomaly, direction
+
+
+def pair_id(anomaly: Model, direction: Model | None) -> int:
+    """SCORE.model_id: crc32 of the anomaly graph's bytes continued over the direction graph's (so with no
+    direction model it is the anomaly model's own model_id)."""
+    if direction is None:
+        return anomaly.model_id
+    return zlib.crc32(direction.graph_bytes, anomaly.model_id) & 0xFFFFFFFF
+
+
+@njit(cache=True, nogil=True)
+def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.ndarray, threshold: float,
+                inv_threshold: float, model_id: int, now: int, hist_hop: np.ndarray, hist_e2e: np.ndarray,
+                ctr: np.ndarray, skipped: int) -> int:
+    """SCORE records out[:m] for feature rows[:m] from the anomaly outputs a (m, ka) and the direction
+    outputs d (m, kd; kd = 0 without a direction model). inv_threshold > 0 marks an error score (level =
+    score / threshold), 0 a probability. Records the latencies and counts the pass into ctr (the stage's
+    counters); returns the alerts raised."""
+    alerts = 0
+    ka = a.shape[1]
+    kd = d.shape[1]
+    for j in range(m):
+        r = out[j]
+        f = rows[j]
+        r.t_origin_ns = f.t_origin_ns
+        r.t_publish_ns = now
+        r.symbol = f.symbol
+        r.kind = KIND_SCORE
+        r.feature_seq = f.seq
+        r.model_id = model_id
+        r.n_outputs = SCORE_N_VALUES
+        raw = np.float64(a[j, 0])
+        alert = raw > threshold
+        r.flags = FLAG_ANOMALY if alert else 0
+        alerts += alert
+        level = raw * inv_threshold if inv_threshold > 0.0 else raw
+        r.values[SCORE_ANOMALY] = min(max(level, 0.0), 1.0)
+        r.values[SCORE_ANOMALY_RAW] = raw
+        r.values[SCORE_UP] = d[j, 0] if kd > 0 else np.nan
+        r.values[SCORE_DIRECTION_1] = d[j, 1] if kd > 1 else np.nan
+        for c in range(SCORE_N_VALUES - SCORE_ANOMALY_EXTRA):
+            r.values[SCORE_ANOMALY_EXTRA + c] = a[j, 1 + c] if 1 + c < ka else np.nan
+        hdr.record(hist_hop, now - f.t_publish_ns)
+        hdr.record(hist_e2e, now - f.t_origin_ns)
+    ctr[C_BATCHES] += 1
+    ctr[C_SCORED] += m
+    ctr[C_SKIPPED] += skipped
+    ctr[C_ALERTS] += alerts
+    ctr[C_SCORED_ANOMALY] += m
+    if kd > 0:
+        ctr[C_SCORED_DIRECTION] += m
+    return alerts
+
+
 class InferenceAgent(Agent):
     name = "inference"
-    COUNTERS = ("batches", "scored", "features_skipped", "alerts")
+    COUNTERS = ("batches", "scored", "features_skipped", "alerts", "scored_anomaly", "scored_direction")
     SPINS = False  # conflated and rate-limited: polling the board between passes needs no spinning core
 
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
         cfg = ctx.config.inference
-        self.model = Model.load(cfg.model, intra_op_threads=cfg.intra_op_threads)
+        self.anomaly, self.direction = load_models(cfg, warn=ctx.log.warning)
+        ctx.log.info("inference: anomaly %r; direction %r", self.anomaly, self.direction)
         n = len(ctx.symbols)
         self.features = Board.attach(ctx.run, "features", FEATURES)
         self.scores = Board.attach(ctx.run, "scores", SCORE)
         self.n = n
-        self.seen = np.zeros(n, np.int64)
+        self.seen = [0] * n  # a list: Python ints compare faster than numpy scalars in the gather loop
         self.rows = np.zeros(n, FEATURES.dtype)
-        self.one = np.zeros(1, FEATURES.dtype)
-        self.out = np.zeros(1, SCORE.dtype)
-        self.lat_hop = np.zeros(n, np.int64)
-        self.lat_e2e = np.zeros(n, np.int64)
+        self.values = self.rows["values"]
+        self.out = np.zeros(n, SCORE.dtype)
+        # the boards copy records by address: one per row, computed once
+        self.row_addr = [address(self.rows) + i * FEATURES.dtype.itemsize for i in range(n)]
+        base = address(self.out)
+        self.out_ptr = [ffi.cast("char *", base + i * SCORE.dtype.itemsize) for i in range(n)]
+        self.symbols_in = [0] * n
+        self.no_direction = np.zeros((n, 0), np.float32)
+        self.model_id = pair_id(self.anomaly, self.direction)
+        self.threshold = self.anomaly.threshold
+        self.inv_threshold = 1.0 / self.threshold if self.anomaly.score_kind == "error" else 0.0
+        self.ctr = ctx.counters.view(np.int64)  # the kernel counts straight into shared memory
         self.version = 0
-        # a pass costs ~20 µs (ONNX Runtime call + Python); bounding the pass rate bounds how long the
-        # strategy sharing this thread can be held up, and the CPU taken from it
+        # bounding the pass rate bounds the CPU taken from whatever shares this core
         self.min_interval_ns = int(cfg.min_interval_us * 1000)
         self.last_pass_ns = 0
-        self.n_out = min(self.model.n_outputs, SCORE.dtype["values"].shape[0])
-        self._stats = np.zeros(4, np.int64)
-        # warm up ONNX Runtime (first run allocates and plans) and the histogram kernel
-        self.model.score(np.zeros((n, FEATURES.dtype["values"].shape[0]), np.float64))
-        hdr.record_many(ctx.hist_hop, self.lat_hop[:0])
+        # warm up ONNX Runtime (first run allocates and plans) and the compiled kernels, on scratch copies
+        for k in sorted({1, n}):
+            self._score(k)
+        a, d = self._score(1)
+        scratch = np.zeros_like(self.ctr)
+        fill_scores(self.out.copy(), self.rows, 1, a, d, 1.0, 0.0, 0, 0, ctx.hist_hop.copy(), ctx.hist_e2e.copy(),
+                    scratch, 0)
+
+    def _score(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Both models on rows[:m]: (anomaly outputs, direction outputs or an (m, 0) array), no copies."""
+        x = self.values[:m]
+        a = self.anomaly.score(x, copy=False)
+        d = self.direction.score(x, copy=False) if self.direction is not None else self.no_direction[:m]
+        return a, d
 
     def do_work(self) -> int:
         version = self.features.version
@@ -68,49 +193,34 @@ class InferenceAgent(Agent):
             return 0  # conflated: the newest vectors are still there at the next pass
         self.last_pass_ns = t
         self.version = version
-        board = self.features
+        f_addr = self.features.addr
+        updates, read = lib.tp_board_updates, lib.tp_board_read
+        seen, row_addr, syms = self.seen, self.row_addr, self.symbols_in
         m = 0
-        idx = []
+        skipped = 0
         for s in range(self.n):
-            u = board.updates(s)
-            if u == self.seen[s]:
+            if updates(f_addr, s) == seen[s]:
                 continue
-            got = board.read(s, self.one)
+            got = read(f_addr, s, row_addr[m])
             if got == 0:
                 continue
-            self._stats[C_SKIPPED] += max(0, got - self.seen[s] - 1)
-            self.seen[s] = got
-            self.rows[m] = self.one[0]
-            idx.append(s)
+            skipped += max(0, got - seen[s] - 1)
+            seen[s] = got
+            syms[m] = s
             m += 1
         if m == 0:
             return 0
-        rows = self.rows[:m]
-        scores = self.model.score(rows["values"])
-        now = lib.tp_now_ns()
-        out = self.out
-        thr = self.model.threshold
-        for j, s in enumerate(idx):
-            rec = out[0]
-            rec["t_origin_ns"] = rows["t_origin_ns"][j]
-            rec["t_publish_ns"] = now
-            rec["symbol"] = s
-            rec["kind"] = KIND_SCORE
-            alert = bool(scores[j, 0] > thr)
-            rec["flags"] = FLAG_ANOMALY if alert else 0
-            rec["feature_seq"] = rows["seq"][j]
-            rec["model_id"] = self.model.model_id
-            rec["n_outputs"] = self.n_out
-            rec["values"][:self.n_out] = scores[j, :self.n_out]
-            self.scores.write(s, out)
-            self._stats[C_ALERTS] += alert
-        self.lat_hop[:m] = now - rows["t_publish_ns"]
-        self.lat_e2e[:m] = now - rows["t_origin_ns"]
-        hdr.record_many(self.ctx.hist_hop, self.lat_hop[:m])
-        hdr.record_many(self.ctx.hist_e2e, self.lat_e2e[:m])
-        self._stats[C_BATCHES] += 1
-        self._stats[C_SCORED] += m
-        self.ctx.counters[:4] = self._stats
+        a, d = self._score(m)
+        fill_scores(self.out, self.rows, m, a, d, self.threshold, self.inv_threshold, self.model_id, lib.tp_now_ns(),
+                    self.ctx.hist_hop, self.ctx.hist_e2e, self.ctr, skipped)
+        s_addr, size, out_ptr = self.scores.addr, SCORE.dtype.itemsize, self.out_ptr
+        begin, commit, memmove, cast = lib.tp_board_begin, lib.tp_board_commit, ffi.memmove, ffi.cast
+        for j in range(m):
+            # the record is complete before begin: the key's seqlock is held for one copy, so a reader
+            # (the strategy) never waits on the models
+            dst = cast("char *", begin(s_addr, syms[j]))
+            memmove(dst, out_ptr[j], size)
+            commit(s_addr, syms[j])
         return m
 
     def parker(self) -> Callable[[int], bool]:
@@ -123,8 +233,16 @@ class InferenceAgent(Agent):
 
         return park
 
+    def describe(self) -> dict[str, Any]:
+        def one(m: Model | None) -> dict[str, Any] | None:
+            if m is None:
+                return None
+            return {"path": str(m.path), "kind": m.kind, "version": m.version, "model_id": m.model_id,
+                    "outputs": m.outputs, "threshold": m.threshold, "score_kind": m.score_kind}
+
+        return {"anomaly": one(self.anomaly), "direction": one(self.direction), "score_model_id": self.model_id}
+
     def on_close(self) -> None:
-        self.ctx.counters[:4] = self._stats
         self.features.close()
         self.scores.close()
 

@@ -1,16 +1,19 @@
-"""Runtime side of the anomaly model: an ONNX graph plus a JSON sidecar, scored with ONNX Runtime.
+"""Runtime side of the models: an ONNX graph plus a JSON sidecar, scored with ONNX Runtime.
 
 No torch here (the runtime installs only onnxruntime). The sidecar (`<model>.json` next to
-`<model>.onnx`) says which features the graph reads and in what order, how to standardise them, what
-each output column means and where the alert threshold is; `models/README.md` documents the format so
-users can plug in their own model.
+`<model>.onnx`) says what kind of model it is (`anomaly` or `direction`), which features the graph reads
+and in what order, which feature layout of the book it was trained against, how to standardise the
+features, what each output column means and where the alert threshold is; `models/README.md` documents
+the format so users can plug in their own models.
 
 Normalisation happens here, not in the graph: `score` picks the sidecar's features out of the raw
 16-value vector (FEATURE_NAMES order), computes (x - mean) / std in float64 and hands float32 to the
-graph. Column 0 of the output must be P(anomaly): procs/inference.py compares it to `threshold`.
+graph. Column 0 of an anomaly model is its score (P(anomaly), or an error such as a reconstruction
+error), which procs/inference.py compares to `threshold`; column 0 of a direction model is P(up).
 
 Scoring a batch of 1-8 rows costs a few µs: per batch size the input/output buffers and the ONNX
-Runtime IO binding are made once and reused, so a call allocates only its returned copy.
+Runtime IO binding are made once and reused, and the gather + standardise + cast is one compiled loop
+(two numpy ufunc calls cost 1.6 µs of a 6 µs call at batch 1; the loop costs 0.4 µs).
 """
 
 from __future__ import annotations
@@ -23,23 +26,49 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from numba import njit
 
-from shm.features import FEATURE_INDEX, FEATURE_NAMES
+from shm.features import FEATURE_INDEX, FEATURE_NAMES, feature_layout_hash
 
 #: Sidecar fields every model must have, with what is expected of each (used in error messages).
 REQUIRED_FIELDS: dict[str, str] = {
-    "features": "non-empty list of distinct feature names from shm.features.FEATURE_NAMES",
+    "features": "non-empty list of distinct feature names from the book's layout shm.features.FEATURE_NAMES",
     "mean": "list of finite numbers, one per feature",
     "std": "list of finite numbers > 0, one per feature",
-    "outputs": "non-empty list of distinct output names, column 0 = P(anomaly)",
-    "threshold": "finite number in [0, 1]",
+    "outputs": "non-empty list of distinct output names (anomaly: column 0 = the score; direction: column 0 = "
+               "P(up))",
+    "threshold": "finite number: in [0, 1] for a probability, > 0 for an error score (a direction model may omit it)",
     "version": "non-empty string",
     "trained_on": "object (seeds, seconds, symbols)",
     "metrics": "object (held-out precision / recall)",
 }
+#: Fields a sidecar may leave out, with their default.
+OPTIONAL_FIELDS: dict[str, str] = {
+    "kind": "'anomaly' (default: the kind the loader asks for, anomaly for old sidecars) or 'direction'",
+    "feature_layout": "the book's FEATURE_NAMES at training time: a list of names, or feature_layout_hash()",
+    "score_kind": "anomaly only: 'probability' (column 0 in [0, 1]) or 'error' (column 0 >= 0, unbounded); "
+                  "default 'probability' when threshold <= 1, else 'error'",
+}
+KINDS = ("anomaly", "direction")
+SCORE_KINDS = ("probability", "error")
+#: A direction model's threshold when its sidecar has none (P(up) > 0.5: predicts up).
+DIRECTION_THRESHOLD = 0.5
+
 
 #: Batch sizes with a cached IO binding; larger batches still work, with a binding made per call.
 MAX_CACHED_BATCH = 64
+
+
+#: The checkout's root: relative model paths that do not exist from the working directory are tried here.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """`path`, or ROOT / path when it is relative and only exists there (the defaults work from any directory)."""
+    p = Path(path)
+    if not p.is_absolute() and not p.is_file() and (ROOT / p).is_file():
+        return ROOT / p
+    return p
 
 
 def _bad(path: Path, name: str, expected: str, found: Any) -> ValueError:
@@ -73,28 +102,107 @@ def _names(path: Path, meta: dict[str, Any], name: str) -> list[str]:
     return list(v)
 
 
-def parse_sidecar(meta: Any, path: str | Path = "<sidecar>") -> dict[str, Any]:
-    """Validate a decoded sidecar; returns the checked fields (numpy mean/std, feature_index).
+def _layout_diff(declared: list[str], current: tuple[str, ...]) -> str:
+    """The feature names whose position differs between two layouts, e.g. "'ofi' was 6, now 7"."""
+    parts = []
+    for name in dict.fromkeys([*declared, *current]):  # both layouts' names, once each, in order
+        was = declared.index(name) if name in declared else None
+        now = current.index(name) if name in current else None
+        if was == now:
+            continue
+        if now is None:
+            parts.append(f"{name!r} (index {was}) is not in the book's layout")
+        elif was is None:
+            parts.append(f"{name!r} (index {now}) is new in the book's layout")
+        else:
+            parts.append(f"{name!r} was index {was}, is now {now}")
+    return "; ".join(parts)
 
+
+def _check_layout(path: Path, meta: dict[str, Any], features: list[str]) -> list[str] | str | None:
+    """The sidecar's `feature_layout`, refused when it is not the book's current FEATURE_NAMES."""
+    declared = meta.get("feature_layout")
+    if declared is None:
+        return None  # an old sidecar: its feature names are still checked one by one
+    current = list(FEATURE_NAMES)
+    if isinstance(declared, str):
+        if declared == feature_layout_hash():
+            return declared
+        raise ValueError(
+            f"{path}: sidecar field 'feature_layout': expected the book's feature layout {feature_layout_hash()} "
+            f"= {current}, found {declared!r}: the model was trained against another layout of the book's "
+            f"features; the features it reads, {features}, may have moved or changed meaning since. Retrain it "
+            f"on the current layout")
+    if not isinstance(declared, list) or not all(isinstance(x, str) for x in declared):
+        raise _bad(path, "feature_layout", OPTIONAL_FIELDS["feature_layout"], declared)
+    if declared != current:
+        # features are checked by name above, so every one the model reads is in `current`
+        moved = [f for f in features if f not in declared or declared.index(f) != current.index(f)]
+        raise ValueError(
+            f"{path}: sidecar field 'feature_layout': expected the book's feature layout {current}, found the "
+            f"layout the model was trained against {declared} ({_layout_diff(declared, FEATURE_NAMES)}); "
+            f"features the model reads that moved or are new: {moved}. Retrain it on the current layout")
+    return declared
+
+
+def parse_sidecar(meta: Any, path: str | Path = "<sidecar>", kind: str | None = None) -> dict[str, Any]:
+    """Validate a decoded sidecar; returns the checked fields (numpy mean/std, feature_index, kind, ...).
+
+    `kind` is the kind the caller loads the model as ('anomaly' or 'direction'): a sidecar that declares
+    another kind is refused, one that declares none is taken as that kind (None: anomaly).
     Every problem raises ValueError naming the field, what was expected and what was found.
     """
     path = Path(path)
     if not isinstance(meta, dict):
         raise _bad(path, "<top level>", "JSON object", type(meta).__name__)
+    declared_kind = meta.get("kind")
+    if declared_kind is not None and declared_kind not in KINDS:
+        raise _bad(path, "kind", OPTIONAL_FIELDS["kind"], declared_kind)
+    if kind is not None and declared_kind is not None and declared_kind != kind:
+        raise _bad(path, "kind", f"{kind!r} (the model is loaded as the {kind} model)", declared_kind)
+    model_kind = declared_kind or kind or "anomaly"
     for name, expected in REQUIRED_FIELDS.items():
+        if name == "threshold" and model_kind == "direction":
+            continue  # P(up) needs no alert threshold; DIRECTION_THRESHOLD when absent
         if name not in meta:
             raise _bad(path, name, expected, "missing")
     features = _names(path, meta, "features")
     unknown = [f for f in features if f not in FEATURE_INDEX]
     if unknown:
-        raise _bad(path, "features", f"names from {list(FEATURE_NAMES)}", f"unknown {unknown}")
+        # not through _bad: both layouts are named in full, however long
+        trained = meta.get("feature_layout")
+        also = ""
+        if isinstance(trained, list) and all(isinstance(x, str) for x in trained):
+            diff = _layout_diff(trained, FEATURE_NAMES)
+            also = f"; the model was trained against the layout {trained}" + (f" ({diff})" if diff else "")
+        elif trained is not None:
+            also = f"; the model was trained against the layout {trained!r}"
+        raise ValueError(f"{path}: sidecar field 'features': expected names from the book's feature layout "
+                         f"{list(FEATURE_NAMES)}, found unknown {unknown}{also}")
+    layout = _check_layout(path, meta, features)
     n = len(features)
     mean = _numbers(path, meta, "mean", n, positive=False)
     std = _numbers(path, meta, "std", n, positive=True)
     outputs = _names(path, meta, "outputs")
-    thr = meta["threshold"]
-    if isinstance(thr, bool) or not isinstance(thr, int | float) or not math.isfinite(thr) or not 0 <= thr <= 1:
+    thr = meta.get("threshold", DIRECTION_THRESHOLD)
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not math.isfinite(thr):
         raise _bad(path, "threshold", REQUIRED_FIELDS["threshold"], thr)
+    score_kind = meta.get("score_kind")
+    if model_kind == "direction":
+        if score_kind not in (None, "probability"):
+            raise _bad(path, "score_kind", "'probability' or absent (column 0 of a direction model is P(up))",
+                       score_kind)
+        score_kind = "probability"
+    elif score_kind is None:
+        score_kind = "probability" if 0 <= thr <= 1 else "error"  # a threshold above 1 is no probability
+    elif score_kind not in SCORE_KINDS:
+        raise _bad(path, "score_kind", OPTIONAL_FIELDS["score_kind"], score_kind)
+    if score_kind == "probability" and not 0 <= thr <= 1:
+        raise _bad(path, "threshold", "finite number in [0, 1] (column 0 is a probability; a model whose "
+                   "column 0 is an unbounded score declares \"score_kind\": \"error\")", thr)
+    if score_kind == "error" and not thr > 0:
+        raise _bad(path, "threshold", "finite number > 0 (score_kind 'error': alert when column 0 > threshold)",
+                   thr)
     version = meta["version"]
     if not isinstance(version, str) or not version:
         raise _bad(path, "version", REQUIRED_FIELDS["version"], version)
@@ -103,7 +211,8 @@ def parse_sidecar(meta: Any, path: str | Path = "<sidecar>") -> dict[str, Any]:
             raise _bad(path, name, REQUIRED_FIELDS[name], type(meta[name]).__name__)
     return {"features": features, "feature_index": [FEATURE_INDEX[f] for f in features], "mean": mean,
             "std": std, "outputs": outputs, "threshold": float(thr), "version": version,
-            "trained_on": meta["trained_on"], "metrics": meta["metrics"]}
+            "trained_on": meta["trained_on"], "metrics": meta["metrics"], "kind": model_kind,
+            "kind_declared": declared_kind is not None, "score_kind": score_kind, "feature_layout": layout}
 
 
 def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
@@ -119,26 +228,41 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     return so
 
 
-class _Slot:
-    """Buffers and IO binding for one batch size (reused by every call with that size)."""
+@njit(cache=True, nogil=True)
+def _standardise(x: np.ndarray, idx: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, out: np.ndarray) -> int:
+    """out[i, j] = (x[i, idx[j]] - mean[j]) * inv_std[j], in float64, stored as float32; returns the rows."""
+    n = out.shape[0]
+    for i in range(n):
+        for j in range(idx.shape[0]):
+            out[i, j] = (x[i, idx[j]] - mean[j]) * inv_std[j]
+    return n
 
-    __slots__ = ("binding", "out", "x32", "x64")
+
+class _Slot:
+    """Input/output buffers and IO binding for one batch size (reused by every call with that size)."""
+
+    __slots__ = ("binding", "out", "x32")
 
     def __init__(self, sess: ort.InferenceSession, in_name: str, out_name: str, n: int, k_in: int, k_out: int):
-        self.x64 = np.zeros((n, k_in), np.float64)
         self.x32 = np.zeros((n, k_in), np.float32)
         self.out = np.zeros((n, k_out), np.float32)
         self.binding = sess.io_binding()
+        # both bound to our own numpy buffers: ONNX Runtime reads x32 and writes out in place, no copies
         self.binding.bind_cpu_input(in_name, self.x32)
         self.binding.bind_output(out_name, "cpu", 0, np.float32, self.out.shape, self.out.ctypes.data)
 
 
 class Model:
-    """An ONNX model plus its sidecar; `score` maps raw feature rows to output probabilities."""
+    """An ONNX model plus its sidecar; `score` maps raw feature rows to the graph's output columns."""
 
     def __init__(self, path: Path, session: ort.InferenceSession, meta: dict[str, Any], model_id: int) -> None:
         self.path = path
         self.session = session
+        self.kind: str = meta["kind"]
+        #: False when the sidecar has no `kind` and it was taken from the loader (old sidecars)
+        self.kind_declared: bool = meta["kind_declared"]
+        self.score_kind: str = meta["score_kind"]
+        self.feature_layout: list[str] | str | None = meta["feature_layout"]
         self.features: list[str] = meta["features"]
         self.feature_index: list[int] = meta["feature_index"]
         self.mean: np.ndarray = meta["mean"]
@@ -151,18 +275,18 @@ class Model:
         self.trained_on: dict[str, Any] = meta["trained_on"]
         self.metrics: dict[str, Any] = meta["metrics"]
         self.model_id: int = model_id
+        self.graph_bytes = b""  # set by load: SCORE.model_id of a model pair continues the crc over both
         self._idx = np.asarray(self.feature_index, np.intp)
-        # a run of adjacent features (the shipped model reads FEATURE_NAMES[1:16]) is a slice, cheaper than a gather
-        k = len(self._idx)
-        lo = int(self._idx[0])
-        self._run = slice(lo, lo + k) if np.array_equal(self._idx, np.arange(lo, lo + k)) else None
         self._in = session.get_inputs()[0].name
         self._out = session.get_outputs()[0].name
         self._slots: dict[int, _Slot] = {}
 
     @classmethod
-    def load(cls, path: str | Path, intra_op_threads: int = 1) -> Model:
-        """Load `path` (ONNX) and `path.with_suffix('.json')` (sidecar); ValueError if they disagree."""
+    def load(cls, path: str | Path, intra_op_threads: int = 1, kind: str | None = None) -> Model:
+        """Load `path` (ONNX) and `path.with_suffix('.json')` (sidecar); ValueError if they disagree.
+
+        `kind` ('anomaly' or 'direction'): what the caller uses the model as; a sidecar declaring another
+        kind is refused (None: whatever the sidecar says, anomaly when it says nothing)."""
         path = Path(path)
         side = path.with_suffix(".json")
         try:
@@ -175,7 +299,7 @@ class Model:
             raise FileNotFoundError(f"model sidecar {side}: {e.strerror}") from e
         except json.JSONDecodeError as e:
             raise ValueError(f"{side}: not valid JSON: {e}") from e
-        meta = parse_sidecar(meta_raw, side)
+        meta = parse_sidecar(meta_raw, side, kind)
         if not isinstance(intra_op_threads, int) or intra_op_threads < 0:
             raise ValueError(f"intra_op_threads: expected int >= 0, found {intra_op_threads!r}")
         sess = ort.InferenceSession(raw, session_options(intra_op_threads), providers=["CPUExecutionProvider"])
@@ -192,7 +316,9 @@ class Model:
         if isinstance(outs[0].shape[1], int) and outs[0].shape[1] != k_out:
             raise _bad(side, "outputs", f"{outs[0].shape[1]} names (the graph's output width)", f"{k_out} names")
         # crc32 of the graph bytes: a u32 that changes whenever the model does (SCORE.model_id)
-        return cls(path, sess, meta, zlib.crc32(raw) & 0xFFFFFFFF)
+        model = cls(path, sess, meta, zlib.crc32(raw) & 0xFFFFFFFF)
+        model.graph_bytes = raw
+        return model
 
     def _slot(self, n: int) -> _Slot:
         s = self._slots.get(n)
@@ -202,10 +328,12 @@ class Model:
                 self._slots[n] = s
         return s
 
-    def score(self, x: np.ndarray) -> np.ndarray:
+    def score(self, x: np.ndarray, *, copy: bool = True) -> np.ndarray:
         """x (n, 16) raw features in FEATURE_NAMES order (float64, may be a strided view) -> (n, k) float32.
 
-        Column j means `outputs[j]`; column 0 is P(anomaly), compared to `threshold` by the caller.
+        Column j means `outputs[j]`. With copy=False the result is the model's own output buffer for
+        batch size n: valid until the next call with the same n (the inference stage copies it into
+        SCORE records at once, so it skips the copy).
         """
         if x.ndim != 2 or x.shape[1] != len(FEATURE_NAMES):
             raise ValueError(f"score: x: expected shape (n, {len(FEATURE_NAMES)}), found {x.shape}")
@@ -214,17 +342,20 @@ class Model:
         n = x.shape[0]
         if n == 0:
             return np.zeros((0, self.n_outputs), np.float32)
-        s = self._slot(n)
-        if self._run is not None:
-            np.subtract(x[:, self._run], self.mean, out=s.x64)
-        else:
-            np.take(x, self._idx, axis=1, out=s.x64)
-            np.subtract(s.x64, self.mean, out=s.x64)
-        np.multiply(s.x64, self.inv_std, out=s.x32, casting="same_kind")
+        s = self._slots.get(n) or self._slot(n)
+        _standardise(x, self._idx, self.mean, self.inv_std, s.x32)
         self.session.run_with_iobinding(s.binding)
-        # a copy: the slot's buffer is overwritten by the next call of the same size
-        return s.out.copy()
+        # a copy by default: the slot's buffer is overwritten by the next call of the same size
+        return s.out.copy() if copy else s.out
+
+    def level(self, col0: np.ndarray | float) -> np.ndarray | float:
+        """Column 0 as a level in [0, 1] (SCORE_ANOMALY): itself for a probability, min(col0 / threshold, 1)
+        for an error score, so that 1 is the alert threshold."""
+        if self.score_kind == "probability":
+            return np.clip(col0, 0.0, 1.0)
+        return np.clip(np.asarray(col0, np.float64) / self.threshold, 0.0, 1.0)
 
     def __repr__(self) -> str:
-        return (f"Model({str(self.path)!r}, version={self.version!r}, model_id={self.model_id:#010x}, "
-                f"features={len(self.features)}, outputs={self.outputs}, threshold={self.threshold:.4g})")
+        return (f"Model({str(self.path)!r}, kind={self.kind!r}, version={self.version!r}, "
+                f"model_id={self.model_id:#010x}, features={len(self.features)}, outputs={self.outputs}, "
+                f"threshold={self.threshold:.4g}, score_kind={self.score_kind!r})")

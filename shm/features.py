@@ -8,6 +8,8 @@ rolling window without a ring of past events. Book features are 0 while the book
 
 from __future__ import annotations
 
+import hashlib
+
 from shm.records import N_FEATURES
 
 #: Feature names, index = position in FEATURES.values.
@@ -34,3 +36,9 @@ assert len(FEATURE_NAMES) == N_FEATURES, f"names={len(FEATURE_NAMES)} N_FEATURES
 
 #: Index of each feature by name.
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def feature_layout_hash(names: tuple[str, ...] | list[str] = FEATURE_NAMES) -> str:
+    """'sha256:<hex>' of the feature names joined by newlines: what a dataset and a model's sidecar record as
+    the layout they were made with, so a renamed, added or moved feature is caught at load time."""
+    return "sha256:" + hashlib.sha256("\n".join(names).encode()).hexdigest()

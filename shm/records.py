@@ -69,7 +69,7 @@ FLAG_BUYER_MAKER = 1 << 3
 #: Snapshot begin / end markers on KIND_SNAPSHOT records.
 FLAG_SNAPSHOT_BEGIN = 1 << 4
 FLAG_SNAPSHOT_END = 1 << 5
-#: Score: the model's output 0 is above its threshold (an anomaly is flagged).
+#: Score: the anomaly model's column 0 is above its threshold (an anomaly is flagged).
 FLAG_ANOMALY = 1 << 6
 
 # -- markets ----------------------------------------------------------------------------------
@@ -119,12 +119,29 @@ FEATURES = record(
     Field("values", "f8", N_FEATURES, doc="feature vector, order given by shm.features.FEATURE_NAMES"),
 )
 
+# -- SCORE.values: one record per symbol carries both models' outputs (procs/inference.py) -------
+#: Anomaly level in [0, 1]: P(anomaly) for a probability model, min(score / threshold, 1) for an
+#: error score (e.g. a VAE's reconstruction error). The strategy widens its spread by it.
+SCORE_ANOMALY = 0
+#: The anomaly model's column 0 as it came out: FLAG_ANOMALY is set when it is above the threshold.
+SCORE_ANOMALY_RAW = 1
+#: P(mid goes up next) from the direction model's column 0; NaN when no direction model is loaded.
+SCORE_UP = 2
+#: The direction model's column 1 (e.g. P(down)); NaN when it has none.
+SCORE_DIRECTION_1 = 3
+#: First of the slots holding the anomaly model's columns 1, 2, ... (e.g. P(kind)); NaN when absent.
+SCORE_ANOMALY_EXTRA = 4
+#: Number of values slots (fixed by the layout).
+SCORE_N_VALUES = 8
+
 SCORE = record(
     "Score",
     Field("feature_seq", "u8", doc="seq of the feature record that was scored"),
-    Field("model_id", "u4"),
-    Field("n_outputs", "u4"),
-    Field("values", "f8", 8, doc="model outputs (up to 8), meaning given by the model's sidecar"),
+    Field("model_id", "u4", doc="crc32 of the anomaly graph's bytes, continued over the direction graph's "
+                                "(equal to the anomaly Model.model_id when there is no direction model)"),
+    Field("n_outputs", "u4", doc="values slots filled: always SCORE_N_VALUES (a slot without a value is NaN)"),
+    Field("values", "f8", SCORE_N_VALUES, doc="SCORE_ANOMALY, SCORE_ANOMALY_RAW, SCORE_UP, SCORE_DIRECTION_1, "
+                                              "then the anomaly model's columns 1.. from SCORE_ANOMALY_EXTRA"),
 )
 
 ORDER = record(

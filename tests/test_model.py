@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from procs.model import Model
+from procs.model import Model, feature_layout_hash
 from shm.features import FEATURE_NAMES
 from shm.records import FEATURES, FLAG_ANOMALY, SCORE
 
@@ -186,7 +186,12 @@ def _drop(field: str):
     (lambda m: m["std"].__setitem__(3, float("nan")), "std[3]", "nan"),
     (lambda m: m["std"].__setitem__(0, 0.0), "std[0]", "0.0"),
     (lambda m: m["mean"].__setitem__(1, "1.5"), "mean[1]", "1.5"),
-    (lambda m: m.__setitem__("threshold", 1.5), "threshold", "1.5"),
+    # a threshold above 1 is an error score's unless the sidecar says column 0 is a probability
+    (lambda m: m.update(threshold=1.5, score_kind="probability"), "threshold", "1.5"),
+    (lambda m: m.__setitem__("threshold", -0.5), "threshold", "-0.5"),
+    (lambda m: m.__setitem__("score_kind", "logit"), "score_kind", "logit"),
+    (lambda m: m.__setitem__("kind", "regime"), "kind", "regime"),
+    (lambda m: m.__setitem__("feature_layout", {"n": 16}), "feature_layout", "'n'"),
     (lambda m: m.__setitem__("outputs", []), "outputs", "[]"),
     (lambda m: m["outputs"].pop(), "outputs", "names"),
     (lambda m: m.__setitem__("version", 3), "version", "3"),
@@ -198,6 +203,105 @@ def test_bad_sidecar_names_field(tmp_path: Path, edit, field: str, found: str) -
         Model.load(path)
     msg = str(ei.value)
     assert f"'{field}'" in msg and "expected" in msg and "found" in msg and found in msg, msg
+
+
+# -- kind and the book's feature layout ----------------------------------------------------------------
+
+def test_old_sidecar_loads_as_anomaly_model(model: Model) -> None:
+    # the shipped sidecar predates "kind", "feature_layout" and "score_kind"
+    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert "kind" not in meta and "feature_layout" not in meta
+    assert model.kind == "anomaly" and not model.kind_declared
+    assert model.score_kind == "probability" and model.feature_layout is None
+
+
+def test_declared_feature_layout_equal_to_the_book_loads(tmp_path: Path) -> None:
+    for layout in (list(FEATURE_NAMES), feature_layout_hash()):
+        path = _copy_model(tmp_path, lambda m, lay=layout: m.update(kind="anomaly", feature_layout=lay))
+        m = Model.load(path, kind="anomaly")
+        assert m.feature_layout == layout and m.kind_declared
+    assert feature_layout_hash().startswith("sha256:") and feature_layout_hash() != feature_layout_hash(["x"])
+
+
+def test_reordered_feature_layout_is_refused_naming_the_features(tmp_path: Path) -> None:
+    trained = list(FEATURE_NAMES)
+    trained[6], trained[7] = trained[7], trained[6]  # ofi and ofi_1s swapped since training
+    path = _copy_model(tmp_path, lambda m: m.__setitem__("feature_layout", trained))
+    with pytest.raises(ValueError) as ei:
+        Model.load(path)
+    msg = str(ei.value)
+    assert "'feature_layout'" in msg and "expected" in msg and "found" in msg
+    assert str(list(FEATURE_NAMES)) in msg and str(trained) in msg  # both layouts
+    assert "'ofi' was index 7, is now 6" in msg and "'ofi_1s' was index 6, is now 7" in msg
+    assert "moved or are new: ['ofi', 'ofi_1s']" in msg  # the shipped model reads both
+
+
+def test_renamed_feature_is_refused_naming_it(tmp_path: Path) -> None:
+    # trained when FEATURE_NAMES[6] was called "order_flow": the sidecar's feature list says so too
+    trained = ["order_flow" if f == "ofi" else f for f in FEATURE_NAMES]
+
+    def edit(m: dict) -> None:
+        m["feature_layout"] = trained
+        m["features"] = ["order_flow" if f == "ofi" else f for f in m["features"]]
+
+    with pytest.raises(ValueError) as ei:
+        Model.load(_copy_model(tmp_path, edit))
+    msg = str(ei.value)
+    assert "'features'" in msg and "unknown ['order_flow']" in msg
+    assert str(list(FEATURE_NAMES)) in msg and str(trained) in msg
+
+    # the layout renamed a feature the model does not read: still refused, the layout is not the book's
+    def edit2(m: dict) -> None:
+        m["feature_layout"] = trained
+        m["features"] = m["features"][:6]
+        m["mean"], m["std"] = m["mean"][:6], m["std"][:6]
+
+    with pytest.raises(ValueError, match=r"'order_flow' \(index 6\) is not in the book's layout; 'ofi' \(index 6\) "
+                                         r"is new in the book's layout"):
+        Model.load(_copy_model(tmp_path, edit2))
+
+
+def test_feature_layout_hash_mismatch_is_refused(tmp_path: Path) -> None:
+    old_hash = feature_layout_hash([*FEATURE_NAMES[:-1], "trades_per_s"])
+    path = _copy_model(tmp_path, lambda m: m.__setitem__("feature_layout", old_hash))
+    with pytest.raises(ValueError) as ei:
+        Model.load(path)
+    msg = str(ei.value)
+    assert old_hash in msg and feature_layout_hash() in msg and str(list(FEATURE_NAMES)) in msg
+    assert "'trade_rate_10s'" in msg  # the features the model reads are named
+
+
+def test_kind_is_checked_against_the_slot(tmp_path: Path) -> None:
+    path = _copy_model(tmp_path, lambda m: m.__setitem__("kind", "anomaly"))
+    with pytest.raises(ValueError, match=r"'kind': expected 'direction' \(the model is loaded as the direction "
+                                         r"model\), found 'anomaly'"):
+        Model.load(path, kind="direction")
+    # a direction sidecar needs no threshold (P(up) > 0.5 reads as up) and may not call its score an error
+    path = _copy_model(tmp_path, lambda m: (m.pop("threshold"), m.__setitem__("kind", "direction")))
+    d = Model.load(path, kind="direction")
+    assert d.kind == "direction" and d.threshold == 0.5 and d.score_kind == "probability"
+    path = _copy_model(tmp_path, lambda m: m.update(kind="direction", score_kind="error"))
+    with pytest.raises(ValueError, match="'score_kind'"):
+        Model.load(path)
+    # an anomaly sidecar still needs its threshold
+    with pytest.raises(ValueError, match=r"'threshold'.*missing"):
+        Model.load(_copy_model(tmp_path, lambda m: m.pop("threshold")))
+
+
+def test_threshold_above_one_means_an_error_score(tmp_path: Path, rows: np.ndarray) -> None:
+    m = Model.load(_copy_model(tmp_path, lambda m: m.__setitem__("threshold", 2.5)))
+    assert m.score_kind == "error"
+    np.testing.assert_allclose(m.level(np.array([0.0, 1.25, 2.5, 25.0, -1.0])), [0.0, 0.5, 1.0, 1.0, 0.0])
+    p = Model.load(_copy_model(tmp_path, lambda m: None))
+    np.testing.assert_allclose(p.level(np.array([0.25, 1.5])), [0.25, 1.0])
+
+
+def test_score_without_copy_returns_the_reused_buffer(model: Model, rows: np.ndarray) -> None:
+    a = model.score(rows[:2], copy=False)
+    np.testing.assert_allclose(a, model.score(rows[:2]), rtol=1e-6)
+    first = a.copy()
+    b = model.score(rows[2:4], copy=False)
+    assert b is a and not np.allclose(a, first)  # valid until the next call of the same size
 
 
 def test_missing_or_broken_files(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ pulled while the model flags an anomaly.
 Per BOOK record of a valid book:
 - fair = microprice (bid·ask_qty + ask·bid_qty) / (bid_qty + ask_qty), shifted against inventory by
   `skew_bps · position / max_position`;
-- half-spread = `spread_bps · (1 + anomaly_prob)`: the more unusual the market, the wider we quote;
+- half-spread = `spread_bps · (1 + level)`, level = SCORE.values[SCORE_ANOMALY] in [0, 1] (P(anomaly), or an
+  error score / its threshold): the more unusual the market, the wider we quote;
 - while the score carries FLAG_ANOMALY (output above the model's threshold) both quotes are
   cancelled and none are placed until the flag has been clear for `pause_hold_ms` of exchange time
   (the flag flickers at the edges of an anomaly; requoting on every flicker would be order spam);
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shm.records import FLAG_ANOMALY, FLAG_BOOK_VALID, KIND_ORDER, ORDER, SCORE
+from shm.records import FLAG_ANOMALY, FLAG_BOOK_VALID, KIND_ORDER, ORDER, SCORE, SCORE_ANOMALY
 
 # -- per-symbol state columns (int64) -----------------------------------------------------------
 Q_BID_PX = 0  #: our resting bid price (0: none)
@@ -133,7 +134,7 @@ def decide(b, score, has_score: bool, st: np.ndarray, params: np.ndarray, g: np.
         return n
     g[G_DECISIONS] += 1
     alert = has_score and (score.flags & FLAG_ANOMALY) != 0
-    prob = score.values[0] if has_score else 0.0
+    prob = score.values[SCORE_ANOMALY] if has_score else 0.0  # the level, never a raw error score
     if not has_score:
         g[G_NO_SCORE] += 1
     if alert:
