@@ -1,30 +1,41 @@
-"""procs/model.py and the shipped models/anomaly.onnx: loading, scoring, sidecar validation, the graph itself."""
+"""procs/model.py and the shipped models/anomaly.onnx: loading, scoring, sidecar validation, the graph itself.
+
+Tests that need an MLP classifier over all 16 features (its graph in numpy, a permuted first layer, a sidecar
+from before "kind" and "feature_layout") use the previous shipped model, kept as tests/data/anomaly_mlp_v1.*.
+The shipped VAE's own graph and sidecar are tested in tests/test_train_anomaly.py.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from procs.datasets import from_simulator
 from procs.model import Model, feature_layout_hash
 from shm.features import FEATURE_NAMES
 from shm.records import FEATURES, FLAG_ANOMALY, SCORE
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "anomaly.onnx"
+#: The MLP shipped before the VAE (scripts/train_model.py, since removed): a fixture for the loader tests.
+LEGACY = ROOT / "tests" / "data" / "anomaly_mlp_v1.onnx"
 N = len(FEATURE_NAMES)
 
 
 @pytest.fixture(scope="module")
 def model() -> Model:
     if not SHIPPED.exists():
-        pytest.fail(f"shipped model missing: {SHIPPED} (run scripts/train_model.py)")
+        pytest.fail(f"shipped model missing: {SHIPPED} (run scripts/train_anomaly.py)")
     return Model.load(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def legacy() -> Model:
+    return Model.load(LEGACY)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +50,11 @@ def rows() -> np.ndarray:
     return x
 
 
-def _copy_model(tmp_path: Path, edit) -> Path:
-    """The shipped model copied to tmp_path with its sidecar passed through `edit(meta)`."""
+def _copy_model(tmp_path: Path, edit, src: Path = SHIPPED) -> Path:
+    """The model `src` copied to tmp_path with its sidecar passed through `edit(meta)`."""
     dst = tmp_path / "m.onnx"
-    shutil.copy(SHIPPED, dst)
-    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    shutil.copy(src, dst)
+    meta = json.loads(src.with_suffix(".json").read_text())
     edit(meta)
     dst.with_suffix(".json").write_text(json.dumps(meta))
     return dst
@@ -68,10 +79,7 @@ def test_score_shape_dtype_range(model: Model, rows: np.ndarray) -> None:
         s = model.score(rows[:n])
         assert s.shape == (n, model.n_outputs)
         assert s.dtype == np.float32
-        assert np.all((s >= 0) & (s <= 1 + 1e-6))
-    # softmax outputs: the kinds sum to P(anomaly)
-    s = model.score(rows)
-    np.testing.assert_allclose(s[:, 1:].sum(axis=1), s[:, 0], atol=1e-5)
+        assert np.all((s[:, 0] >= 0) & (s[:, 0] <= 1 + 1e-6))
     assert model.score(rows[:0]).shape == (0, model.n_outputs)
 
 
@@ -137,21 +145,25 @@ def _numpy_forward(onnx_path: Path, meta: dict, x_raw: np.ndarray) -> np.ndarray
     return np.concatenate([1.0 - p[:, :1], p[:, 1:]], axis=1)
 
 
-def test_onnx_graph_equals_numpy_mlp(model: Model, rows: np.ndarray) -> None:
-    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
-    want = _numpy_forward(SHIPPED, meta, rows)
-    np.testing.assert_allclose(model.score(rows), want, rtol=1e-4, atol=1e-5)
+def test_onnx_graph_equals_numpy_mlp(legacy: Model, rows: np.ndarray) -> None:
+    meta = json.loads(LEGACY.with_suffix(".json").read_text())
+    want = _numpy_forward(LEGACY, meta, rows)
+    s = legacy.score(rows)
+    np.testing.assert_allclose(s, want, rtol=1e-4, atol=1e-5)
+    # softmax outputs: the kinds sum to P(anomaly)
+    np.testing.assert_allclose(s[:, 1:].sum(axis=1), s[:, 0], atol=1e-5)
 
 
-def test_permuted_feature_order_is_mapped(tmp_path: Path, model: Model, rows: np.ndarray) -> None:
+def test_permuted_feature_order_is_mapped(tmp_path: Path, legacy: Model, rows: np.ndarray) -> None:
     """A model whose sidecar lists the features in another order (first layer permuted to match)."""
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+    model = legacy
+    meta = json.loads(LEGACY.with_suffix(".json").read_text())
     k = len(meta["features"])
     perm = np.random.default_rng(1).permutation(k)
-    mo = onnx.load(str(SHIPPED))
+    mo = onnx.load(str(LEGACY))
     first = next(n for n in mo.graph.node if n.op_type == "Gemm")
     t = next(t for t in mo.graph.initializer if t.name == first.input[1])
     w = numpy_helper.to_array(t)  # (hidden, k) with transB=1: input column j = feature j
@@ -207,9 +219,10 @@ def test_bad_sidecar_names_field(tmp_path: Path, edit, field: str, found: str) -
 
 # -- kind and the book's feature layout ----------------------------------------------------------------
 
-def test_old_sidecar_loads_as_anomaly_model(model: Model) -> None:
-    # the shipped sidecar predates "kind", "feature_layout" and "score_kind"
-    meta = json.loads(SHIPPED.with_suffix(".json").read_text())
+def test_old_sidecar_loads_as_anomaly_model(legacy: Model) -> None:
+    # the previous shipped sidecar predates "kind", "feature_layout" and "score_kind"
+    model = legacy
+    meta = json.loads(LEGACY.with_suffix(".json").read_text())
     assert "kind" not in meta and "feature_layout" not in meta
     assert model.kind == "anomaly" and not model.kind_declared
     assert model.score_kind == "probability" and model.feature_layout is None
@@ -226,14 +239,14 @@ def test_declared_feature_layout_equal_to_the_book_loads(tmp_path: Path) -> None
 def test_reordered_feature_layout_is_refused_naming_the_features(tmp_path: Path) -> None:
     trained = list(FEATURE_NAMES)
     trained[6], trained[7] = trained[7], trained[6]  # ofi and ofi_1s swapped since training
-    path = _copy_model(tmp_path, lambda m: m.__setitem__("feature_layout", trained))
+    path = _copy_model(tmp_path, lambda m: m.__setitem__("feature_layout", trained), LEGACY)
     with pytest.raises(ValueError) as ei:
         Model.load(path)
     msg = str(ei.value)
     assert "'feature_layout'" in msg and "expected" in msg and "found" in msg
     assert str(list(FEATURE_NAMES)) in msg and str(trained) in msg  # both layouts
     assert "'ofi' was index 7, is now 6" in msg and "'ofi_1s' was index 6, is now 7" in msg
-    assert "moved or are new: ['ofi', 'ofi_1s']" in msg  # the shipped model reads both
+    assert "moved or are new: ['ofi', 'ofi_1s']" in msg  # the MLP reads both
 
 
 def test_renamed_feature_is_refused_naming_it(tmp_path: Path) -> None:
@@ -245,7 +258,7 @@ def test_renamed_feature_is_refused_naming_it(tmp_path: Path) -> None:
         m["features"] = ["order_flow" if f == "ofi" else f for f in m["features"]]
 
     with pytest.raises(ValueError) as ei:
-        Model.load(_copy_model(tmp_path, edit))
+        Model.load(_copy_model(tmp_path, edit, LEGACY))
     msg = str(ei.value)
     assert "'features'" in msg and "unknown ['order_flow']" in msg
     assert str(list(FEATURE_NAMES)) in msg and str(trained) in msg
@@ -258,7 +271,7 @@ def test_renamed_feature_is_refused_naming_it(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"'order_flow' \(index 6\) is not in the book's layout; 'ofi' \(index 6\) "
                                          r"is new in the book's layout"):
-        Model.load(_copy_model(tmp_path, edit2))
+        Model.load(_copy_model(tmp_path, edit2, LEGACY))
 
 
 def test_feature_layout_hash_mismatch_is_refused(tmp_path: Path) -> None:
@@ -318,23 +331,14 @@ def test_missing_or_broken_files(tmp_path: Path) -> None:
 
 # -- on real (simulated) data ----------------------------------------------------------------------
 
-def _train_module():
-    spec = importlib.util.spec_from_file_location("train_model", ROOT / "scripts" / "train_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_model", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_flags_simulated_anomalies(model: Model) -> None:
     """Mean P(anomaly) inside labelled windows of a short held-out simulation beats the calm rows."""
     try:
         import procs.sources.simulator  # noqa: F401
     except ImportError as e:
         pytest.skip(f"simulator not available: {e}")
-    tm = _train_module()
-    ds = tm.simulate(11, 90.0, ["BTCUSDT", "ETHUSDT"], anomalies_per_min=6.0, progress=False)
-    inside = ds.y != 0
+    ds = from_simulator(11, 90.0, ["BTCUSDT", "ETHUSDT"], anomalies_per_min=6.0)
+    inside = ds.anomaly != 0
     if not inside.any():
         pytest.skip("no labelled anomaly in the short run")
     s = np.concatenate([model.score(ds.x[i:i + 4096]) for i in range(0, len(ds.x), 4096)])

@@ -1,0 +1,217 @@
+"""scripts/train_anomaly.py and the shipped models/anomaly.onnx + .json it wrote.
+
+A tiny training run (2 symbols, 60 simulated seconds per seed, 1 epoch; a few seconds) exports, passes
+onnx.checker and the parity check, loads with procs.model.Model and scores; a second tiny run gives the
+same bytes. The shipped model's sidecar is checked for completeness, and its graph against a numpy
+re-implementation that reads every constant from the sidecar (so the sidecar documents the graph).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from procs.datasets import ANOMALY_KINDS, FEATURE_LAYOUT, Dataset
+from procs.model import Model, feature_layout_hash
+from shm.features import FEATURE_NAMES
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "anomaly.onnx"
+TINY = ["--seconds", "60", "--symbols", "BTCUSDT,ETHUSDT", "--anomalies-per-min", "6", "--train-seeds", "1",
+        "--val-seeds", "2", "--test-seeds", "3", "--epochs", "1", "--hidden", "16"]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("train_anomaly", ROOT / "scripts" / "train_anomaly.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_anomaly", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ta = _module()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "a.onnx"
+    assert ta.main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[Model, dict]:
+    return Model.load(SHIPPED, kind="anomaly"), json.loads(SHIPPED.with_suffix(".json").read_text())
+
+
+# -- a tiny run ------------------------------------------------------------------------------------------
+
+def test_tiny_run_exports_a_checked_graph_that_loads_and_scores(tiny: Path) -> None:
+    mo = onnx.load(str(tiny))
+    onnx.checker.check_model(mo, full_check=True)
+    assert [o.version for o in mo.opset_import if o.domain in ("", "ai.onnx")] == [ta.OPSET]
+    dims = mo.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == len(ta.MODEL_FEATURES)  # dynamic batch axis
+    meta = json.loads(tiny.with_suffix(".json").read_text())
+    assert max(meta["onnx_parity_max_abs_diff"].values()) <= 1e-5
+    m = Model.load(tiny, kind="anomaly")
+    assert m.outputs == ta.OUTPUTS and m.features == ta.MODEL_FEATURES and 0 < m.threshold < 1
+    from procs.datasets import from_simulator
+
+    ds = from_simulator(4, 60, ["BTCUSDT", "ETHUSDT"], anomalies_per_min=6.0)
+    s = np.concatenate([m.score(ds.x[i:i + 4096]) for i in range(0, len(ds), 4096)])
+    assert s.shape == (len(ds), 2) and np.isfinite(s).all()
+    assert (s[:, 0] >= 0).all() and (s[:, 0] < 1).all()
+    np.testing.assert_allclose(s[:, 0], 1.0 - np.exp(-s[:, 1]), atol=1e-5)  # r / (1 + r) and ln(1 + r)
+    for n in (1, 3, 8):  # batch sizes the inference stage uses
+        np.testing.assert_allclose(m.score(ds.x[:n]), s[:n], rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_run_is_byte_reproducible(tiny: Path, tmp_path: Path) -> None:
+    again = tmp_path / "b.onnx"
+    assert ta.main([*TINY, "--out", str(again)]) == 0
+    assert again.read_bytes() == tiny.read_bytes()
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (tiny, again))
+    for side in (a, b):
+        side["trained_on"].pop("seconds")  # wall-clock timings
+        side["trained_on"].pop("command")  # names the --out path
+    assert a == b
+
+
+def test_seeds_in_two_splits_are_refused() -> None:
+    with pytest.raises(SystemExit) as ei:
+        ta.main([*TINY, "--test-seeds", "2"])
+    assert ei.value.code == 2
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+def _toy() -> Dataset:
+    """One symbol, a row every 100 ms for 60 s, one price_spike window at 10-12 s."""
+    e = 1_000_000 + np.arange(600, dtype=np.int64) * 100
+    win = {"kind": "price_spike", "symbol": "BTCUSDT", "start_E_ms": 1_010_000, "end_E_ms": 1_012_000}
+    lab = np.where((e >= win["start_E_ms"]) & (e <= win["end_E_ms"]), 1, 0).astype(np.int64)
+    n = len(e)
+    return Dataset(np.zeros((n, len(FEATURE_NAMES))), np.zeros(n, np.int64), e, e * 1_000_000, lab, ["BTCUSDT"],
+                   "toy", [win])
+
+
+def test_window_metrics_merge_alerts_within_the_pause_hold_and_apply_the_tolerance() -> None:
+    ds = _toy()
+    t = (ds.e_ms - ds.e_ms[0]) / 1000.0
+    level = np.zeros(len(ds))
+    level[(t >= 10.5) & (t <= 10.8)] = 0.9  # inside the window
+    level[(t >= 11.2) & (t <= 11.4)] = 0.9  # 400 ms later: the same pause
+    level[(t >= 13.5) & (t <= 13.6)] = 0.9  # 1.5 s after the end: the anomaly's echo
+    level[(t >= 40.0) & (t <= 40.1)] = 0.9  # calm market: a false alarm
+    wm = ta.window_metrics([ds], [level], 0.5)
+    assert wm["windows"] == 1 and wm["caught"] == 1 and wm["recall"] == 1.0
+    assert wm["per_kind"]["price_spike"]["median_delay_ms"] == 500.0
+    assert wm["episodes"] == 3
+    assert wm["precision"] == {"tolerance_0ms": round(1 / 3, 4), "tolerance_2000ms": round(2 / 3, 4),
+                               "tolerance_10000ms": round(2 / 3, 4)}
+    assert wm["false_alarms"] == 1 and wm["per_symbol"]["BTCUSDT"]["false_alarms"] == 1
+    assert wm["false_alarms_per_symbol_hour"] == pytest.approx(1 / (59.9 / 3600), rel=1e-3)
+
+
+def test_row_metrics_and_calibration_on_a_separable_toy() -> None:
+    ds = _toy()
+    level = np.where(ds.anomaly != 0, 0.8, 0.1)
+    rm = ta.row_metrics(level, ds.anomaly, 0.5)
+    assert rm["precision"] == rm["recall"] == rm["roc_auc"] == 1.0
+    assert rm["per_kind"]["price_spike"]["recall"] == 1.0 and rm["per_kind"]["book_wipe"]["recall"] is None
+    thr, cal = ta.calibrate_threshold([ds], [level])
+    assert 0.1 <= thr < 0.8 and cal["objective_value"] == 1.0
+
+
+# -- the shipped model ---------------------------------------------------------------------------------
+
+def test_shipped_sidecar_is_complete_and_consistent(shipped: tuple[Model, dict]) -> None:
+    m, meta = shipped
+    assert meta["kind"] == "anomaly" and m.kind == "anomaly" and m.kind_declared
+    assert meta["feature_layout"] == FEATURE_LAYOUT == feature_layout_hash()  # the book's current layout
+    assert m.feature_layout == FEATURE_LAYOUT
+    assert meta["features"] == ta.MODEL_FEATURES and meta["outputs"] == ta.OUTPUTS
+    assert set(meta["output_meaning"]) == set(meta["outputs"])
+    assert 0 < meta["threshold"] < 1 and m.score_kind == "probability"
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["training_data_sha256"])
+    assert meta["torch_version"].startswith("2.") and meta["onnx_opset"] == ta.OPSET
+    assert 0 <= max(meta["onnx_parity_max_abs_diff"].values()) <= 1e-5
+    assert isinstance(meta["architecture"], str) and meta["version"]
+    t = meta["trained_on"]
+    assert not set(t["test_seeds"]) & (set(t["train_seeds"]) | set(t["validation_seeds"]))
+    assert t["command"].startswith("python scripts/train_anomaly.py")
+    norm = meta["normalisation"]
+    k, f = len(norm["symbols"]), len(meta["features"]) - 1
+    assert norm["symbols"] == t["symbols"] and norm["features"] == meta["features"][1:]
+    assert np.shape(norm["centre"]) == np.shape(norm["scale"]) == (k, f) and len(norm["log_mid"]) == k
+    assert set(meta["score"]["score_calm"]) == set(meta["score"]["score_ref"]) == set(norm["symbols"])
+    met = meta["metrics"]
+    assert set(met["per_kind"]) == set(met["windows"]["per_kind"]) == set(ANOMALY_KINDS)
+    for key in ("precision", "recall", "f1", "roc_auc"):
+        assert 0 <= met["overall"][key] <= 1
+    assert met["threshold"] == pytest.approx(meta["threshold"], abs=1e-6)
+    assert set(met["target"]) >= {"met_row_level", "met_window_level"}
+
+
+def test_shipped_graph_matches_a_numpy_forward_from_the_sidecar(shipped: tuple[Model, dict]) -> None:
+    """The graph is what the sidecar says: lookup, per-symbol asinh, encoder, decoder, negative ELBO, r."""
+    from onnx import numpy_helper
+
+    m, meta = shipped
+    g = onnx.load(str(SHIPPED)).graph
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
+    gemms = [n for n in g.node if n.op_type == "Gemm"]
+    assert len(gemms) == 6, [n.op_type for n in g.node]  # encoder 3, decoder 3, in execution order
+
+    def layer(node, h: np.ndarray) -> np.ndarray:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        w = init[node.input[1]]
+        return h @ (w.T if trans_b else w) + init[node.input[2]]
+
+    def mlp(nodes, h: np.ndarray) -> np.ndarray:
+        for i, node in enumerate(nodes):
+            h = layer(node, h)
+            if i < len(nodes) - 1:
+                h = h / (1.0 + np.exp(-h))  # SiLU
+        return h
+
+    norm, sc = meta["normalisation"], meta["score"]
+    syms = norm["symbols"]
+    rng = np.random.default_rng(3)
+    n = 256
+    k = rng.integers(0, len(syms), n)
+    z = np.empty((n, len(meta["features"])))
+    z[:, 0] = np.exp(np.asarray(norm["log_mid"])[k]) * (1 + 0.002 * rng.standard_normal(n))
+    centre, scale = np.asarray(norm["centre"]), np.asarray(norm["scale"])
+    z[:, 1:] = centre[k] + scale[k] * rng.standard_normal((n, centre.shape[1])) * rng.choice([1, 3, 10], (n, 1))
+    x = np.zeros((n, len(FEATURE_NAMES)))
+    for j, name in enumerate(meta["features"]):
+        x[:, FEATURE_NAMES.index(name)] = z[:, j] * meta["std"][j] + meta["mean"][j]
+
+    kk = np.argmin(np.abs(np.log(x[:, 0:1]) - np.asarray(norm["log_mid"])), axis=1)
+    assert (kk == k).all()
+    zz = (x[:, [FEATURE_NAMES.index(f) for f in meta["features"]]] - meta["mean"]) / meta["std"]
+    u = np.arcsinh((zz[:, 1:] - centre[kk]) / scale[kk])
+    c = np.eye(len(syms))[kk]
+    h = mlp(gemms[:3], np.concatenate([u, c], axis=1))
+    lat = h.shape[1] // 2
+    mu, lv = h[:, :lat], np.clip(h[:, lat:], *ta.LOGVAR_Z)
+    o = mlp(gemms[3:], np.concatenate([mu, c], axis=1))
+    mean, ls = o[:, :u.shape[1]], np.clip(o[:, u.shape[1]:], *ta.LOGVAR_X)
+    s = 0.5 * np.sum((u - mean) ** 2 * np.exp(-ls) + ls, axis=1) - 0.5 * np.sum(1 + lv - mu ** 2 - np.exp(lv), axis=1)
+    calm = np.array([sc["score_calm"][sym] for sym in syms])[kk]
+    ref = np.array([sc["score_ref"][sym] for sym in syms])[kk]
+    r = np.maximum(s - calm, 0) / ref
+    got = m.score(x)
+    np.testing.assert_allclose(got[:, 0], r / (1 + r), atol=1e-4)
+    np.testing.assert_allclose(got[:, 1], np.log1p(r), rtol=1e-4, atol=1e-4)
