@@ -119,6 +119,12 @@ class _Staging:
     _bl_end: int
     _full: int
     _done: bool
+    _sent: int
+    _records: int
+    _fwd: int
+    _exported: int
+    ctx: AgentContext
+    parser: Parser
 
     def _export(self) -> None:
         raise NotImplementedError
@@ -132,6 +138,17 @@ class _Staging:
         if self._bl_start < self._bl_end:
             self._full += 1
         return written
+
+    def _export_parsed(self) -> np.ndarray:
+        """The counters every parsing path has (messages, records, ring full, parser's, forwarded); the array."""
+        self._exported = self._sent
+        c = self.ctx.counters
+        c[0] = self._sent
+        c[1] = self._records
+        c[2] = self._full
+        self.parser.export_counters(c[3:])
+        c[3 + len(PARSE_COUNTER_NAMES)] = self._fwd
+        return c
 
     def finished(self) -> bool:
         done = self._done and self._bl_start >= self._bl_end
@@ -262,13 +279,7 @@ class Feed(_Staging, Agent):
         return n_msg
 
     def _export(self) -> None:
-        self._exported = self._sent
-        c = self.ctx.counters
-        c[0] = self._sent
-        c[1] = self._records
-        c[2] = self._full
-        self.parser.export_counters(c[3:])
-        c[3 + len(PARSE_COUNTER_NAMES)] = self._fwd
+        self._export_parsed()
 
     def parker(self) -> Callable[[int], bool]:
         """Sleep until shortly before the next message is due (then the idle strategy spins)."""
@@ -535,13 +546,7 @@ class LiveFeed(_Staging):
         return n_msg
 
     def _export(self) -> None:
-        self._exported = self._sent
-        c = self.ctx.counters
-        c[0] = self._sent
-        c[1] = self._records
-        c[2] = self._full
-        self.parser.export_counters(c[3:])
-        c[3 + len(PARSE_COUNTER_NAMES)] = self._fwd
+        c = self._export_parsed()
         lc = self.ingest.counters
         for i, name in enumerate(LIVE_COUNTERS):
             c[self._base + i] = lc[name]
