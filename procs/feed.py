@@ -529,12 +529,13 @@ class LiveFeed(_Staging):
             self._fwd += n > 0
             n_msg += 1
             self._pos += 1
-        self.ingest.after_parse(stage, 0, n_rec)  # the book's sync state, mirrored: snapshots it will need
-        self._acct_t = now
         if n_rec:
             self._pub[:n_rec] = lib.tp_now_ns()
             self._bl_start, self._bl_end = 0, n_rec
             self._flush()
+        # after the write, off the records' path (a backlog keeps stage[:n_rec] until it is written)
+        self.ingest.after_parse(stage, 0, n_rec)  # the book's sync state, mirrored: snapshots it will need
+        self._acct_t = now
         self._sent += n_msg
         self._records += n_rec
         hdr.record_many(self.ctx.hist_hop, lat[:n_msg])  # receive → parsed

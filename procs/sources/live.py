@@ -54,6 +54,8 @@ DEFAULT_STREAMS = {"spot": ("depth@100ms", "bookTicker", "trade"), "usdm": ("dep
 RECV_BYTES = 1 << 18
 #: Wait before asking again for a snapshot the exchange refused (HTTP 400).
 REFUSED_RETRY_S = 60.0
+#: Snapshot requests and stale time are brought up to date at least this often (and at once on a gap).
+ACCOUNT_NS = 1_000_000
 #: Largest message accepted (a 5000-level snapshot is ~250 KB; frames are far smaller).
 MAX_MESSAGE = 1 << 22
 
@@ -586,13 +588,16 @@ class LiveIngest:
         return n
 
     def after_parse(self, recs: object, start: int, end: int) -> None:
-        """Mirror the records just produced (start:end of a MARKET array) and ask for the snapshots needed."""
-        if end > start:
-            self.mirror.process(recs, start, end)  # type: ignore[arg-type]
-        self._account()
+        """Mirror the records just produced (start:end of a MARKET array) and ask for the snapshots needed.
 
-    def _account(self) -> None:
+        The per-symbol pass (snapshot requests, stale time) runs when the mirror raised a need, and
+        otherwise at most every ACCOUNT_NS: a Python loop over the symbols per batch cost microseconds."""
+        raised = self.mirror.process(recs, start, end) if end > start else 0  # type: ignore[arg-type]
         now = self.now_ns()
+        if raised or now - self._stale_t >= ACCOUNT_NS:
+            self._account(now)
+
+    def _account(self, now: int) -> None:
         self.stale_ns += (now - self._stale_t) * self._n_stale
         self._stale_t = now
         need = self.mirror.need
