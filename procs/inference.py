@@ -41,6 +41,7 @@ from shm.native import ffi, lib
 from shm.records import (
     FEATURES,
     FLAG_ANOMALY,
+    FLAG_FEATURES_WARM,
     KIND_SCORE,
     SCORE,
     SCORE_ANOMALY,
@@ -58,7 +59,8 @@ C_SKIPPED = 2
 C_ALERTS = 3
 C_SCORED_ANOMALY = 4
 C_SCORED_DIRECTION = 5
-N_COUNTERS = 6
+C_COLD = 6
+N_COUNTERS = 7
 #: Shortest sleep between board polls when idle (a score is at most this much later than it could be).
 PARK_MIN_NS = 100_000
 
@@ -102,6 +104,7 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
     score / threshold), 0 a probability. Records the latencies and counts the pass into ctr (the stage's
     counters); returns the alerts raised."""
     alerts = 0
+    cold = 0
     ka = a.shape[1]
     kd = d.shape[1]
     for j in range(m):
@@ -115,11 +118,15 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
         r.model_id = model_id
         r.n_outputs = SCORE_N_VALUES
         raw = np.float64(a[j, 0])
-        alert = raw > threshold
+        # features not yet warm (< 10 s of the symbol's history): the model was never trained on such rows
+        # and would flag most of them, so no alert and level 0; the raw score is still published
+        warm = (f.flags & FLAG_FEATURES_WARM) != 0
+        cold += not warm
+        alert = warm and raw > threshold
         r.flags = FLAG_ANOMALY if alert else 0
         alerts += alert
         level = raw * inv_threshold if inv_threshold > 0.0 else raw
-        r.values[SCORE_ANOMALY] = min(max(level, 0.0), 1.0)
+        r.values[SCORE_ANOMALY] = min(max(level, 0.0), 1.0) if warm else 0.0
         r.values[SCORE_ANOMALY_RAW] = raw
         r.values[SCORE_UP] = d[j, 0] if kd > 0 else np.nan
         r.values[SCORE_DIRECTION_1] = d[j, 1] if kd > 1 else np.nan
@@ -131,6 +138,7 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
     ctr[C_SCORED] += m
     ctr[C_SKIPPED] += skipped
     ctr[C_ALERTS] += alerts
+    ctr[C_COLD] += cold
     ctr[C_SCORED_ANOMALY] += m
     if kd > 0:
         ctr[C_SCORED_DIRECTION] += m
@@ -139,7 +147,7 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
 
 class InferenceAgent(Agent):
     name = "inference"
-    COUNTERS = ("batches", "scored", "features_skipped", "alerts", "scored_anomaly", "scored_direction")
+    COUNTERS = ("batches", "scored", "features_skipped", "alerts", "scored_anomaly", "scored_direction", "cold")
     SPINS = False  # conflated and rate-limited: polling the board between passes needs no spinning core
 
     def on_start(self, ctx: AgentContext) -> None:

@@ -71,6 +71,9 @@ FLAG_SNAPSHOT_BEGIN = 1 << 4
 FLAG_SNAPSHOT_END = 1 << 5
 #: Score: the anomaly model's column 0 is above its threshold (an anomaly is flagged).
 FLAG_ANOMALY = 1 << 6
+#: Book / features: the symbol has at least 10 s of exchange-time history, so the windowed features
+#: (returns, volatility, flows over up to 10 s) are filled; the models score only such rows.
+FLAG_FEATURES_WARM = 1 << 7
 
 # -- markets ----------------------------------------------------------------------------------
 #: Spot: first diff obeys U <= lastUpdateId+1 <= u.

@@ -31,7 +31,16 @@ from procs.kernels.book import (
 )
 from procs.kernels.parse_json import Parser, SymbolTable
 from shm.features import FEATURE_INDEX, FEATURE_NAMES
-from shm.records import BOOK, FEATURES, FLAG_BOOK_VALID, KIND_BOOK, KIND_FEATURES, MARKET, N_FEATURES
+from shm.records import (
+    BOOK,
+    FEATURES,
+    FLAG_BOOK_VALID,
+    FLAG_FEATURES_WARM,
+    KIND_BOOK,
+    KIND_FEATURES,
+    MARKET,
+    N_FEATURES,
+)
 
 P = 10**8  # fixed-point scale
 
@@ -451,3 +460,14 @@ def test_process_refuses_arrays_too_small() -> None:
         st.process(inp, 5, np.zeros(8, BOOK.dtype), np.zeros(8, FEATURES.dtype))
     with pytest.raises(ValueError, match="arrays too small"):
         st.process(inp, 2, np.zeros(8, BOOK.dtype), np.zeros(8, FEATURES.dtype), in_pos=9, in_mask=7)
+
+
+def test_features_turn_warm_after_10_s_of_history() -> None:
+    h = Harness()
+    h.snapshot(100, SNAP_BIDS, SNAP_ASKS)
+    h.diff(101, 105, t_ms=1_000)
+    h.diff(106, 107, t_ms=10_999)
+    assert not h.feats[-1]["flags"] & FLAG_FEATURES_WARM  # 9.999 s after the first exchange time
+    h.diff(108, 109, t_ms=11_000)
+    assert h.feats[-1]["flags"] & FLAG_FEATURES_WARM and h.books[-1]["flags"] & FLAG_FEATURES_WARM
+    assert h.feats[-1]["flags"] & FLAG_BOOK_VALID

@@ -29,6 +29,7 @@ from shm.records import (
     FEATURES,
     FLAG_ANOMALY,
     FLAG_BOOK_VALID,
+    FLAG_FEATURES_WARM,
     KIND_SCORE,
     ORDER,
     PRICE_SCALE,
@@ -124,6 +125,7 @@ class Stage:
             rec["t_publish_ns"] = 2000 + self.seq
             rec["values"] = self.rng.normal(size=len(FEATURE_NAMES)) * 3
             rec["values"][0, 0] = 100.0
+            rec["flags"] = FLAG_FEATURES_WARM  # a symbol with 10 s of history: the models judge it
             self.fb.write(s, rec)
         return rec[0].copy()
 
@@ -212,6 +214,7 @@ def test_fill_scores_levels_and_flags() -> None:
     rows = np.zeros(3, FEATURES.dtype)
     rows["symbol"] = [0, 1, 2]
     rows["t_publish_ns"] = [90, 80, 70]
+    rows["flags"] = FLAG_FEATURES_WARM
     out = np.zeros(3, SCORE.dtype)
     a = np.array([[30.0], [1.5], [-1.0]], np.float32)
     hist = np.zeros(27648, np.int64), np.zeros(27648, np.int64)
@@ -344,3 +347,19 @@ def test_run_py_direction_model_option(tmp_path: Path) -> None:
     assert r.returncode == 0 and 'direction_model = ""' in r.stdout
     r = run_py("--print-config")
     assert 'direction_model = "models/direction.onnx"' in r.stdout
+
+
+def test_cold_features_raise_no_alert() -> None:
+    """A row before the symbol's features are warm: scored and published, but no alert and level 0."""
+    rows = np.zeros(2, FEATURES.dtype)
+    rows["symbol"] = [0, 1]
+    rows["flags"] = [0, FLAG_FEATURES_WARM]
+    out = np.zeros(2, SCORE.dtype)
+    a = np.array([[0.9], [0.9]], np.float32)
+    hist = np.zeros(27648, np.int64), np.zeros(27648, np.int64)
+    ctr = np.zeros(8, np.int64)
+    alerts = fill_scores(out, rows, 2, a, np.zeros((2, 0), np.float32), 0.5, 0.0, 7, 100, *hist, ctr, 0)
+    assert alerts == 1 and out["flags"].tolist() == [0, FLAG_ANOMALY]
+    np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY], [0.0, 0.9])
+    np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY_RAW], [0.9, 0.9])
+    assert ctr[6] == 1  # counted as cold

@@ -42,6 +42,7 @@ from shm.records import (
     FLAG_ASK,
     FLAG_BOOK_VALID,
     FLAG_BUYER_MAKER,
+    FLAG_FEATURES_WARM,
     FLAG_LAST_IN_MESSAGE,
     FLAG_SNAPSHOT_BEGIN,
     FLAG_SNAPSHOT_END,
@@ -91,8 +92,12 @@ S_EXCH_TS = 7
 S_NEED_SNAPSHOT = 8
 #: 1 if the book was crossed after the last update.
 S_CROSSED = 9
+#: Exchange time (ms) of the symbol's first message that carried one: the start of its feature history.
+S_FIRST_TS = 10
 #: Number of per-symbol int state columns.
-N_SYM_FIELDS = 10
+N_SYM_FIELDS = 11
+#: History (exchange ms) after which a symbol's features are warm: the longest feature window (10 s).
+FEATURES_WARM_MS = 10_000
 
 # -- stage-wide state: indices into glob[N_GLOBAL] -------------------------------------------------
 #: 1 while inside a message (its first record has been seen, its last not yet).
@@ -313,6 +318,9 @@ def _emit(r, s: int, out_book: np.ndarray, out_feat: np.ndarray, j: int, blk: np
     sym_state[s, S_CROSSED] = 1 if crossed else 0
     valid = status >= ST_SYNCING and not crossed
     flags = FLAG_BOOK_VALID if valid else 0
+    first = sym_state[s, S_FIRST_TS]
+    if valid and first > 0 and sym_state[s, S_EXCH_TS] - first >= FEATURES_WARM_MS:
+        flags |= FLAG_FEATURES_WARM  # the windowed features are filled: the models may judge this row
     seq = glob[G_OUT_SEQ]
     glob[G_OUT_SEQ] = seq + 1
     ob = out_book[j]
@@ -369,6 +377,8 @@ def book_kernel(inp: np.ndarray, in_pos: int, n: int, in_mask: int,
             # first record of a message: decide what the whole message does
             if r.exch_ts_ms > 0:
                 sym_state[s, S_EXCH_TS] = max(sym_state[s, S_EXCH_TS], r.exch_ts_ms)
+                if sym_state[s, S_FIRST_TS] == 0:
+                    sym_state[s, S_FIRST_TS] = r.exch_ts_ms
             if kind in (KIND_DEPTH, KIND_DEPTH_EMPTY):
                 sym_state[s, S_MARKET] = r.market
                 status = sym_state[s, S_STATUS]
