@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from procs import metrics_ml as mm  # noqa: E402
 from procs.datasets import FEATURE_LAYOUT, Dataset, from_capture  # noqa: E402
 from shm.features import FEATURE_INDEX, FEATURE_NAMES  # noqa: E402
 
@@ -287,36 +288,8 @@ def predict(net: Any, z: np.ndarray) -> np.ndarray:
 # -- metrics ---------------------------------------------------------------------------------------------
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Mann-Whitney AUC with tied scores counted half (NaN when one class is absent)."""
-    n1 = int(np.sum(y == 1))
-    n0 = len(y) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average rank over each block of equal scores
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s) != 0) + 1]
-    ends = np.r_[starts[1:], len(s)]
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for k successes of n (95 % by default)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
+    """procs.metrics_ml.log_loss with this script's clip (1e-7, so recorded figures stay as they were)."""
+    return mm.log_loss(p, y, eps=1e-7)
 
 
 def cluster_bootstrap(correct: dict[str, np.ndarray], events: np.ndarray, *, n_boot: int, seed: int,
@@ -360,15 +333,15 @@ def score_table(y: np.ndarray, preds: dict[str, tuple[np.ndarray, np.ndarray, np
     for name, (up, p, s) in preds.items():
         correct = up == (y == 1)
         k = int(correct.sum())
-        lo, hi = wilson(k, len(y))
+        lo, hi = mm.wilson_interval(k, len(y))
         ev_k, ev_n = int(correct[first].sum()), int(first.sum())
-        elo, ehi = wilson(ev_k, ev_n)
+        elo, ehi = mm.wilson_interval(ev_k, ev_n)
         out[name] = {
             "hit_rate": round(k / len(y), 4), "n": len(y), "correct": k,
             "ci95_event_bootstrap": [round(float(np.percentile(draws[name], 2.5)), 4),
                                      round(float(np.percentile(draws[name], 97.5)), 4)],
             "ci95_wilson_rows": [round(lo, 4), round(hi, 4)],
-            "log_loss": round(log_loss(y, p), 4), "roc_auc": round(roc_auc(y, s), 4),
+            "log_loss": round(log_loss(y, p), 4), "roc_auc": round(mm.roc_auc(s, y), 4),
             "first_row_of_event": {"hit_rate": round(ev_k / max(ev_n, 1), 4), "n": ev_n,
                                    "ci95_wilson": [round(elo, 4), round(ehi, 4)]},
         }
@@ -674,7 +647,7 @@ def select(ds: Dataset, split: Split, events: np.ndarray, configs: list[Config],
         y_all, p_all = np.concatenate(ys), np.concatenate(ps)
         r = {"config": cfg.name, **asdict(cfg), "hit_rate": round(float(np.mean((p_all > 0.5) == (y_all == 1))), 4),
              "hit_rate_per_fold": [round(h, 4) for h in hits], "log_loss": round(log_loss(y_all, p_all), 4),
-             "roc_auc": round(roc_auc(y_all, p_all), 4)}
+             "roc_auc": round(mm.roc_auc(p_all, y_all), 4)}
         log(f"  {cfg.name:48s} val hit {r['hit_rate']:.4f} {r['hit_rate_per_fold']} "
             f"log loss {r['log_loss']:.4f} AUC {r['roc_auc']:.4f}")
         results.append(r)
