@@ -6,7 +6,7 @@ decoded with websockets' Sans-I/O protocol (`ClientProtocol`), so the receive ti
 moment `recv()` returns the bytes, before any framing or parsing, and the feed needs no thread or event
 loop on its hot path. Only slow, blocking work runs in a small thread pool: the TCP + TLS + HTTP upgrade
 of a new connection, and REST snapshot requests. A finished job wakes a parked feed through a pipe
-(`fileno()` is select-able along with the socket).
+that `wait()` selects on along with the socket.
 
 REST snapshots come back wrapped as `{"stream":"<symbol>@depthSnapshot","data":<body>}`, the capture
 format's convention, so the parser, the book and the recorder treat them like any other message.
@@ -254,7 +254,6 @@ class LiveSource:
         self._lost = False  # a connection was lost since the last poll: LOST goes out in order
         #: True from a (re)connect until the caller has taken `reconnected()`: every book needs a snapshot.
         self._reconnected = False
-        self.connected_since_ns = 0
 
     # -- the feed's side ------------------------------------------------------------------------------
     def poll(self, out: list[tuple[int, bytes]]) -> int:
@@ -296,9 +295,6 @@ class LiveSource:
     @property
     def connected(self) -> bool:
         return self._conn is not None
-
-    def fileno(self) -> int:
-        return self._wake_r
 
     def wait(self, timeout_s: float) -> None:
         """Sleep until data arrives, a job finishes, or `timeout_s` passes (the feed's parker)."""
@@ -366,7 +362,6 @@ class LiveSource:
         self._ping_sent_ns = 0
         self._pending_out = b""
         self._frag.clear()
-        self.connected_since_ns = conn.opened_ns
         self._reconnected = True
         self.log.info("live: connected (%d streams)", len(self.opts.stream_names()))
         for ts, raw in conn.early:
@@ -386,7 +381,6 @@ class LiveSource:
             self._lost = not self._closed
             with contextlib.suppress(OSError):
                 conn.sock.close()
-        self.connected_since_ns = 0
         if reconnect and not self._closed:
             self._schedule_reconnect(why, immediate=immediate)
 
