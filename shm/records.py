@@ -71,6 +71,8 @@ FLAG_SNAPSHOT_BEGIN = 1 << 4
 FLAG_SNAPSHOT_END = 1 << 5
 #: Score: the anomaly model's column 0 is above its threshold (an anomaly is flagged).
 FLAG_ANOMALY = 1 << 6
+#: Order: post-only (a limit order that would take liquidity is rejected instead).
+FLAG_POST_ONLY = 1 << 8
 #: Book / features: the symbol has at least 10 s of exchange-time history, so the windowed features
 #: (returns, volatility, flows over up to 10 s) are filled; the models score only such rows.
 FLAG_FEATURES_WARM = 1 << 7
@@ -104,6 +106,9 @@ MARKET = record(
 
 N_FEATURES = 16
 
+#: Price levels per side a BOOK record carries (the paper exchange's queue model and market orders use them).
+BOOK_DEPTH = 10
+
 BOOK = record(
     "Book",
     Field("bid_px", "i8"),
@@ -113,7 +118,12 @@ BOOK = record(
     Field("last_id", "i8", doc="update id of the last diff applied"),
     Field("exch_ts_ms", "i8"),
     Field("trade_px", "i8", doc="last trade price (0 before the first trade)"),
-    Field("trade_qty", "i8", doc="quantity of the update's trade, signed by aggressor side"),
+    Field("trade_qty", "i8", doc="quantity of the update's trade, signed by aggressor side (> 0 buyer "
+                                 "aggressed, < 0 seller, 0 no trade in this update)"),
+    Field("bid_pxs", "i8", BOOK_DEPTH, doc="best BOOK_DEPTH bid prices, best first (0: no level)"),
+    Field("bid_qtys", "i8", BOOK_DEPTH),
+    Field("ask_pxs", "i8", BOOK_DEPTH, doc="best BOOK_DEPTH ask prices, best first (0: no level)"),
+    Field("ask_qtys", "i8", BOOK_DEPTH),
 )
 
 FEATURES = record(
@@ -155,6 +165,9 @@ ORDER = record(
     Field("side", "u1", doc="0 buy, 1 sell"),
     Field("order_type", "u1", doc="0 limit, 1 market"),
     Field("action", "u1", doc="0 new, 1 cancel, 2 replace"),
+    Field("tag", "u2", doc="strategy sleeve (e.g. 0 naive / 1 ML-hybrid TWAP, A/B in one run)"),
+    Field("exch_ts_ms", "i8", doc="decision time on the exchange clock (the BOOK record acted on)"),
+    Field("mid_px", "i8", doc="mid price at decision time (slippage reference)"),
 )
 
 FILL = record(
@@ -163,9 +176,15 @@ FILL = record(
     Field("price", "i8"),
     Field("qty", "i8", doc="filled quantity of this event"),
     Field("leaves_qty", "i8"),
-    Field("fee", "i8"),
+    Field("fee", "i8", doc="fee of this fill in quote currency, fixed point at PRICE_SCALE (< 0: a rebate)"),
     Field("side", "u1"),
-    Field("status", "u1", doc="0 ack, 1 partial, 2 filled, 3 canceled, 4 rejected"),
+    Field("status", "u1", doc="0 ack, 1 partial, 2 filled, 3 canceled, 4 rejected, 5 replaced"),
+    Field("tag", "u2", doc="the order's strategy sleeve"),
+    Field("liquidity", "u1", doc="0 maker, 1 taker (fills only)"),
+    Field("reason", "u1", doc="procs.kernels.reasons code: why rejected or canceled (0 none)"),
+    Field("exch_ts_ms", "i8", doc="event time on the exchange clock"),
+    Field("order_ts_ms", "i8", doc="decision time of the order"),
+    Field("mid_px", "i8", doc="mid price at the order's decision time"),
 )
 
 #: Every record layout, by name.

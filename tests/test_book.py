@@ -353,7 +353,7 @@ def test_split_messages_across_calls_and_ring_positions() -> None:
         i += n
     assert len(got_b) == len(h.books) > 40
     for a, b in zip(got_b, h.books, strict=True):
-        assert all(a[name] == b[name] for name in BOOK.dtype.names)
+        assert all(np.array_equal(a[name], b[name]) for name in BOOK.dtype.names)
     for a, b in zip(got_f, h.feats, strict=True):
         assert np.array_equal(a["values"], b["values"]) and a["kind"] == KIND_FEATURES
 

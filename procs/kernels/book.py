@@ -38,6 +38,7 @@ from procs.kernels import features as ft
 from procs.kernels import levels as lv
 from shm.records import (
     BOOK,
+    BOOK_DEPTH,
     FEATURES,
     FLAG_ASK,
     FLAG_BOOK_VALID,
@@ -339,6 +340,11 @@ def _emit(r, s: int, out_book: np.ndarray, out_feat: np.ndarray, j: int, blk: np
     ob.trade_px = sym_state[s, S_TRADE_PX]
     ob.trade_qty = sym_state[s, S_TRADE_QTY]
     sym_state[s, S_TRADE_QTY] = 0
+    for i in range(BOOK_DEPTH):  # the visible depth the paper exchange queues and walks against
+        ob.bid_pxs[i] = tops[0, i] if i < nb else 0
+        ob.bid_qtys[i] = tops[1, i] if i < nb else 0
+        ob.ask_pxs[i] = tops[2, i] if i < na else 0
+        ob.ask_qtys[i] = tops[3, i] if i < na else 0
     of = out_feat[j]
     of.seq = seq
     of.t_origin_ns = r.t_origin_ns
