@@ -36,7 +36,7 @@ from procs.inference import InferenceAgent  # noqa: E402
 from procs.sources.replay import scan_symbols  # noqa: E402
 from procs.strategy import StrategyAgent  # noqa: E402
 from shm.metrics import RunState  # noqa: E402
-from shm.records import BOOK, FEATURES, MARKET, ORDER, SCORE  # noqa: E402
+from shm.records import BOOK, FEATURES, FILL, MARKET, ORDER, SCORE  # noqa: E402
 from shm.ring import Board, SpscRing  # noqa: E402
 from shm.segment import new_run_id, remove_run  # noqa: E402
 
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     rings = [SpscRing.create(run, "market", MARKET, cfg.rings.market),
              SpscRing.create(run, "book", BOOK, cfg.rings.book),
              SpscRing.create(run, "orders", ORDER, cfg.rings.orders),
-             Board.create(run, "features", FEATURES, len(syms)), Board.create(run, "scores", SCORE, len(syms))]
+             Board.create(run, "features", FEATURES, len(syms)), Board.create(run, "scores", SCORE, len(syms)),
+             SpscRing.create(run, "fills", FILL, cfg.rings.fills)]
     classes = (Feed, BookAgent, StrategyAgent, InferenceAgent)
     agents = []
     tmp = tempfile.TemporaryDirectory()
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                                     hist_e2e=state.hist(i, 1), log=logging.getLogger("stage_costs")))
             agents.append(a)
         orders = rings[2].consumer(0)
+        fills = rings[5].consumer(0)
         costs: list[list[int]] = [[] for _ in agents]
         clock = time.perf_counter_ns
         t_wall = time.monotonic()
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     costs[i].append(dt)
                 work += n
             orders.read(4096)
+            fills.read(4096)
             if work == 0 and agents[0].finished():
                 break
         wall = time.monotonic() - t_wall
