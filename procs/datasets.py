@@ -12,6 +12,15 @@ with its symbol, exchange time E (ms) and source time (ns). Labels:
   future update) are skipped (label -1), not modelled as a class**: a "no change" class would be mostly
   a statement about the tick size and the horizon, and the strategy needs up vs down.
 
+Sampling (`Dataset.sample(how)`, a row mask; labels are always computed on all rows first):
+
+- `all`: every book update. Rows between two mid changes share one label (with horizon 0), so one
+  quiet stretch can stand for hundreds of near-identical rows.
+- `change`: the first row of each run of constant mid, i.e. the update that moved the mid (and a
+  symbol's first row): one row per label event, so rows are distinct observations of the next move.
+- `<N>ms` (e.g. `100ms`): the newest row at or before every N ms of exchange time, per symbol: what a
+  consumer polling the board every N ms sees.
+
 The first `warmup_s` of each symbol are dropped: returns and volatility windows are still filling.
 
     python -m procs.datasets --sim-seeds 1,2 --seconds 600 --out sim.npz
@@ -76,6 +85,10 @@ class Dataset:
         """Per row: 1 if the mid goes up, 0 if down, -1 when it does not move or has no future (skip)."""
         return direction_labels(self.mid, self.symbol, self.e_ms, horizon_ms)
 
+    def sample(self, how: str = "all") -> np.ndarray:
+        """Row mask of a sampling (see the module doc): 'all', 'change' or '<N>ms'."""
+        return sample_mask(self.mid, self.symbol, self.e_ms, how)
+
     def sha256(self) -> str:
         """Hash of the rows and labels: the `training data hash` a model's sidecar records."""
         h = hashlib.sha256()
@@ -88,12 +101,13 @@ class Dataset:
         return Dataset(self.x[mask], self.symbol[mask], self.e_ms[mask], self.t_ns[mask], self.anomaly[mask],
                        self.symbols, self.source, self.windows, dict(self.meta))
 
-    def save(self, path: str | os.PathLike[str], horizon_ms: int = 0) -> None:
+    def save(self, path: str | os.PathLike[str], horizon_ms: int = 0, sample: str = "all") -> None:
+        """Rows, labels and `sampled` (the row mask of `sample`; every row is kept, so labels stay exact)."""
         meta = {**self.meta, "source": self.source, "symbols": self.symbols, "features": list(FEATURE_NAMES),
                 "feature_layout": FEATURE_LAYOUT, "anomaly_kinds": list(ANOMALY_KINDS), "sha256": self.sha256(),
-                "direction_horizon_ms": horizon_ms, "windows": self.windows}
+                "direction_horizon_ms": horizon_ms, "direction_sample": sample, "windows": self.windows}
         np.savez_compressed(path, x=self.x, symbol=self.symbol, e_ms=self.e_ms, t_ns=self.t_ns,
-                            anomaly=self.anomaly, up=self.direction(horizon_ms),
+                            anomaly=self.anomaly, up=self.direction(horizon_ms), sampled=self.sample(sample),
                             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
     @classmethod
@@ -134,6 +148,32 @@ def direction_labels(mid: np.ndarray, symbol: np.ndarray, e_ms: np.ndarray, hori
         lab = np.where(d > 0, 1, np.where(d < 0, 0, -1))
         y[idx] = np.where(ok, lab, -1)
     return y
+
+
+def sample_mask(mid: np.ndarray, symbol: np.ndarray, e_ms: np.ndarray, how: str = "all") -> np.ndarray:
+    """See `Dataset.sample`. Rows must be in time order within each symbol; a row's membership depends on
+    its own and earlier rows only (no look-ahead)."""
+    if how == "all":
+        return np.ones(len(mid), bool)
+    step = 0
+    if how != "change":
+        try:
+            step = int(how[:-2]) if how.endswith("ms") else 0
+        except ValueError:
+            step = 0
+        if step <= 0:
+            raise ValueError(f"sample expected 'all', 'change' or '<N>ms' with N > 0 found={how!r}")
+    keep = np.zeros(len(mid), bool)
+    for s in np.unique(symbol):
+        idx = np.flatnonzero(symbol == s)
+        if how == "change":
+            keep[idx] = np.r_[True, mid[idx][1:] != mid[idx][:-1]]
+            continue
+        e = e_ms[idx]
+        grid = np.arange(int(e[0]), int(e[-1]) + 1, step)
+        # newest row at or before each grid point; a row can be the newest for several points
+        keep[idx[np.unique(np.searchsorted(e, grid, side="right") - 1)]] = True
+    return keep
 
 
 def from_messages(messages: Iterable[tuple[int, bytes]], symbols: SymbolTable, *, bare_symbol: str | None = None,
@@ -271,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anomalies-per-min", type=float, default=2.0, help="simulator: labelled anomalies per minute")
     ap.add_argument("--horizon-ms", type=int, default=0,
                     help="direction label horizon; 0 (default): the next change of the mid")
+    ap.add_argument("--sample", default="all",
+                    help="rows marked `sampled` in the output: all, change (one per mid change) or <N>ms")
     ap.add_argument("--warmup-s", type=float, default=None, help="seconds dropped per symbol (sim 10, capture 5)")
     ap.add_argument("--out", required=True, help="output .npz")
     a = ap.parse_args(argv)
@@ -285,10 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         parts = [from_simulator(s, a.seconds, a.symbols.split(","), anomalies_per_min=a.anomalies_per_min,
                                 warmup_s=10.0 if a.warmup_s is None else a.warmup_s, progress=True) for s in seeds]
     ds = parts[0] if len(parts) == 1 else concat(parts)
-    ds.save(a.out, a.horizon_ms)
-    up = ds.direction(a.horizon_ms)
+    try:
+        sampled = ds.sample(a.sample)
+    except ValueError as exc:
+        ap.error(str(exc))
+    ds.save(a.out, a.horizon_ms, a.sample)
+    up = np.where(sampled, ds.direction(a.horizon_ms), -2)  # -2: not sampled
     _log(f"datasets: {len(ds)} rows, symbols {ds.symbols}, anomaly rows {int((ds.anomaly > 0).sum())}, "
-         f"direction labels up {int((up == 1).sum())} down {int((up == 0).sum())} skipped {int((up < 0).sum())} "
+         f"direction labels ({a.sample}) up {int((up == 1).sum())} down {int((up == 0).sum())} "
+         f"skipped {int((up == -1).sum())} "
          f"→ {a.out} (sha256 {ds.sha256()[:16]})")
     return 0
 

@@ -5,6 +5,14 @@ offset, imbalances, spread, recent returns, volatility, optionally trade flow). 
 from `procs.datasets` (the book stage's own parser and kernel over the capture; `Dataset.direction`:
 1 up, 0 down, -1 skipped).
 
+Sampling (`--sample`, default `change`): one row per mid change, the book update that moved the mid,
+labelled with the sign of the *next* change. Every book update (`all`) would repeat one label over
+every update of a quiet stretch: a few long one-way stretches then dominate the hit rate (and the
+majority baseline), and the rows are far fewer independent observations than they look. With one
+row per change, rows are distinct label events and a Wilson interval on them is meaningful. The
+shipped model is also scored on every update of the test tail (`metrics.test_all_rows`), since the
+inference stage scores every update.
+
 Time split of the capture (exchange time E), nothing shuffled:
 
     |--------------- training span ---------------|- embargo -|------- test tail -------|
@@ -14,19 +22,23 @@ Time split of the capture (exchange time E), nothing shuffled:
   row whose next mid move happens after the part's end has no label there: no training label looks
   past its own part (a purge), and the embargo adds a gap on top.
 - Model choice (logistic regression vs a small MLP, feature set, input transform, L2, symmetric or not,
-  row or event weighting) is made on the validation folds only, by the hit rate over all their rows
-  (ties: log loss). The chosen configuration is refitted on the whole training span and evaluated once
-  on the test tail, next to two baselines on the same rows: the training span's majority class, and
-  "up iff imbalance_1 > 0" (ties: majority).
-- Rows are not independent: every row between two mid changes shares one label. Confidence intervals
-  and the model-vs-baseline tests therefore resample label events (runs of constant mid), not rows;
-  row-level Wilson intervals and McNemar are reported beside them, as the optimistic version.
+  and with `--sample all` row or event weighting) is made on the validation folds only, by the hit rate
+  over all their rows (ties: log loss). The chosen configuration is refitted on the whole training span
+  and evaluated once on the test tail, next to two baselines on the same rows: the training span's
+  majority class, and "up iff imbalance_1 > 0" (ties: majority).
+- With `--sample all` rows are not independent: every row between two mid changes shares one label.
+  Confidence intervals and the model-vs-baseline tests therefore resample label events (runs of
+  constant mid); row-level Wilson intervals and McNemar are reported beside them. With `change` every
+  row is its own event and the two agree.
+- `--also CAPTURE...` (default: the other shared captures) repeats the split, the fit and the test on
+  each other capture with the configuration chosen here (no selection, nothing tuned on their tails),
+  for the model card; the shipped graph is the one trained on `--capture`.
 
 The exported graph reads z = (x - mean) / std (procs/model.py applies the sidecar's training-span
 constants) and outputs [P(up), P(down)]; threshold 0.5.
 
     python scripts/train_direction.py                                  # the shipped model
-    python scripts/train_direction.py --grid quick --out /tmp/d.onnx   # a quick try (seconds)
+    python scripts/train_direction.py --grid quick --also --out /tmp/d.onnx   # a quick try (seconds)
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ from shm.features import FEATURE_INDEX, FEATURE_NAMES  # noqa: E402
 #: The capture the shipped model is trained and tested on (read in place, never copied into the repo).
 DEFAULT_DATA_DIR = Path(os.environ.get("TICKPIPE_DATA") or ROOT.parent / "shared" / "data" / "binance")
 DEFAULT_CAPTURE = "usdm_btcusdt_20240808_120s.lines.gz"
+#: Other shared captures scored with the chosen configuration (each trained on its own earlier part).
+OTHER_CAPTURES: list[str] = ["usdm_4sym_20210722.lines.gz", "spot_4sym_20211012.lines.gz"]
 #: Output columns of the graph: column 0 is what procs/inference.py puts in SCORE as P(up).
 OUTPUTS: list[str] = ["p_up", "p_down"]
 #: Fixed ONNX opset of the export.
@@ -68,6 +82,9 @@ PARITY_TOL = 1e-5
 ISSUE_FEATURES: list[str] = ["ofi", "ofi_1s", "microprice_bps", "imbalance_1", "imbalance_5", "imbalance_20",
                              "spread_bps", "ret_100ms_bps", "ret_1s_bps", "ret_10s_bps", "vol_10s_bps"]
 FEATURE_SETS: dict[str, list[str]] = {
+    # scale-free top-of-book pressure (no base-unit flows), with and without the last returns
+    "top": ["imbalance_1", "microprice_bps", "spread_bps"],
+    "top+ret": ["imbalance_1", "microprice_bps", "spread_bps", "ret_100ms_bps", "ret_1s_bps"],
     "book": ["ofi", "ofi_1s", "microprice_bps", "imbalance_1", "imbalance_5", "imbalance_20", "spread_bps"],
     "book+trades": ["ofi", "ofi_1s", "microprice_bps", "imbalance_1", "imbalance_5", "imbalance_20", "spread_bps",
                     "trade_flow_1s", "trade_imbalance_10s"],
@@ -105,12 +122,15 @@ class Config:
         return f"{self.arch}/{self.features}/{self.transform}/l2={self.l2:g}{sym}/{self.weighting}"
 
 
-def grid(which: str) -> list[Config]:
-    """Candidates compared on the validation folds ('full'), or a two-model grid for smoke tests ('quick')."""
+def grid(which: str, sample: str = "all") -> list[Config]:
+    """Candidates compared on the validation folds ('full'), or a two-model grid for smoke tests ('quick').
+
+    Event weighting only differs from row weighting when several sampled rows share a label event."""
     if which == "quick":
         return [Config("logreg", "book", "linear", 1e-3, True), Config("mlp16", "book+trades", "asinh", 1e-3, True)]
+    weightings = ("rows",) if sample == "change" else ("rows", "events")
     return [Config(a, f, t, l2, sym, w) for a in ARCHS for f in FEATURE_SETS for t in ("linear", "asinh")
-            for l2 in (1e-3, 1e-1) for sym in (False, True) for w in ("rows", "events")]
+            for l2 in (1e-3, 1e-1) for sym in (False, True) for w in weightings]
 
 
 # -- split -------------------------------------------------------------------------------------------
@@ -143,8 +163,10 @@ def labels_within(ds: Dataset, part: np.ndarray, horizon_ms: int) -> np.ndarray:
 
 
 def make_split(ds: Dataset, *, horizon_ms: int, test_fraction: float, embargo_s: float, n_blocks: int,
-               n_folds: int) -> Split:
-    """Training span / embargo / test tail over exchange time, and forward-chaining folds in the training span."""
+               n_folds: int, sample: np.ndarray | None = None) -> Split:
+    """Training span / embargo / test tail over exchange time, and forward-chaining folds in the training span.
+
+    `sample` (a row mask, `Dataset.sample`) keeps only those rows; labels are still computed on all rows."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction expected in (0, 1) found={test_fraction}")
     if not 1 <= n_folds < n_blocks:
@@ -168,6 +190,9 @@ def make_split(ds: Dataset, *, horizon_ms: int, test_fraction: float, embargo_s:
         # the validation block is purged at its end too: its labels stay inside the training span
         y_val = labels_within(ds, (e >= val_start) & (e < val_end), horizon_ms)
         folds.append((y_fit, y_val, fit_end, val_start))
+    if sample is not None:
+        y_train, y_test = np.where(sample, y_train, -1), np.where(sample, y_test, -1)
+        folds = [(np.where(sample, f, -1), np.where(sample, v, -1), fe, vs) for f, v, fe, vs in folds]
     return Split(y_train, y_test, train_end, test_start, folds)
 
 
@@ -428,18 +453,87 @@ def verify_export(net: Any, path: Path, z_real: np.ndarray, *, seed: int) -> dic
 
 # -- report ---------------------------------------------------------------------------------------------
 
-TEST_HEADER = ("| predictor | hit rate | 95 % CI, event bootstrap | 95 % CI, Wilson on rows | log loss | ROC-AUC | "
-               "first row of each event |\n|---|---|---|---|---|---|---|")
+TEST_HEADER = ("| predictor | hit rate | 95 % CI, Wilson | 95 % CI, event bootstrap | log loss | ROC-AUC |\n"
+               "|---|---|---|---|---|---|")
 COMPARE_HEADER = ("| comparison | hit-rate difference | 95 % CI (paired event bootstrap) | p (bootstrap) | "
-                  "McNemar on rows (model only right vs baseline only right) |\n|---|---|---|---|---|")
+                  "rows only the model / only the baseline got right (McNemar p) |\n|---|---|---|---|---|")
+PREDICTORS: tuple[tuple[str, str], ...] = (("model", "model"), ("majority", "majority class (training labels)"),
+                                           ("imbalance", "naive imbalance (up iff imbalance_1 > 0)"))
 
 
 def _utc(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f} %"
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _test_rows(te: dict[str, Any], model_label: str) -> list[str]:
+    rows = []
+    for name, label in PREDICTORS:
+        r = te[name]
+        shown = model_label if name == "model" else label
+        rows.append(f"| {shown} | {_pct(r['hit_rate'])} ({r['correct']}/{r['n']}) | "
+                    f"{_pct(r['ci95_wilson_rows'][0])} – {_pct(r['ci95_wilson_rows'][1])} | "
+                    f"{_pct(r['ci95_event_bootstrap'][0])} – {_pct(r['ci95_event_bootstrap'][1])} | "
+                    f"{_num(r['log_loss'])} | {_num(r['roc_auc'])} |")
+    return rows
+
+
+def _compare_rows(te: dict[str, Any]) -> list[str]:
+    out = []
+    for name in ("majority", "imbalance"):
+        c = te[f"model_vs_{name}"]
+        mc = c["mcnemar_rows"]
+        out.append(f"| model − {name} | {100 * c['hit_rate_diff']:+.1f} pp | "
+                   f"{100 * c['ci95_event_bootstrap'][0]:+.1f} … {100 * c['ci95_event_bootstrap'][1]:+.1f} pp | "
+                   f"{c['p_value_event_bootstrap']:.3f} | {mc['a_only']} / {mc['b_only']} (p = {mc['p_value']:.2g}) |")
+    return out
+
+
+def verdict(te: dict[str, Any], train_up_fraction: float) -> str:
+    """The acceptance line: is the model's test hit rate strictly above both baselines', and by how much."""
+    m = te["model"]["hit_rate"]
+    short = {b: te[b]["hit_rate"] - m for b in ("majority", "imbalance") if m <= te[b]["hit_rate"]}
+    if not short:
+        sig = all(te[f"model_vs_{b}"]["ci95_event_bootstrap"][0] > 0 for b in ("majority", "imbalance"))
+        return ("**met**: the model's hit rate is above both baselines" + (
+            ", and the paired interval of each difference excludes 0." if sig else
+            "; but the paired interval of a difference includes 0, so the margin is not established."))
+    parts = [f"{'ties' if abs(d) < 1e-12 else f'is {100 * d:.1f} pp below'} the {b} baseline "
+             f"({_pct(te[b]['hit_rate'])})" for b, d in short.items()]
+    text = f"**not met**: the model's hit rate {_pct(m)} " + " and ".join(parts) + "."
+    mc = te["model_vs_imbalance"]["mcnemar_rows"]
+    if "imbalance" in short and mc["a_only"] + mc["b_only"] == 0:
+        text += (" It predicts the same side as the imbalance rule on every test row: what it learnt is that rule "
+                 "(its probabilities differ, hence a different log loss and AUC).")
+    if "majority" in short:
+        text += (f" The training labels are {_pct(train_up_fraction)} up; the test tail is {_pct(te['up_fraction'])}"
+                 " up, and the majority class scores what the tail's drift gives it.")
+    return text
+
+
+def _others_table(others: list[dict[str, Any]]) -> str:
+    lines = ["| capture | symbols | training rows (up) | test n | predictor | hit rate | 95 % CI, Wilson | log loss | "
+             "ROC-AUC |", "|---|---|---|---|---|---|---|---|---|"]
+    for o in others:
+        if "test" not in o:
+            lines.append(f"| `{o['capture']}` | {', '.join(o['symbols'])} | {o['split']['train_rows']} | "
+                         f"{o['split']['test_rows']} | {o.get('error', '')} | | | | |")
+            continue
+        for name, label in PREDICTORS:
+            r = o["test"][name]
+            head = (f"| `{o['capture']}` | {', '.join(o['symbols'])} | {o['split']['train_rows']} "
+                    f"({_pct(o['train_up_fraction'])}) | {o['test']['n_rows']} " if name == "model" else "| | | | ")
+            lines.append(f"{head}| {label} | {_pct(r['hit_rate'])} ({r['correct']}/{r['n']}) | "
+                         f"{_pct(r['ci95_wilson_rows'][0])} – {_pct(r['ci95_wilson_rows'][1])} | "
+                         f"{_num(r['log_loss'])} | {_num(r['roc_auc'])} |")
+    return "\n".join(lines)
 
 
 def model_card(side: dict[str, Any]) -> str:
@@ -448,24 +542,9 @@ def model_card(side: dict[str, Any]) -> str:
     tr = side["trained_on"]
     sp = m["split"]
     te = m["test"]
+    ta = m["test_all_rows"]
     ch = m["chosen"]
-    rows = []
-    for name, label in (("model", f"model ({ch['arch']})"), ("majority", "majority class (training span)"),
-                        ("imbalance", "naive imbalance (up iff imbalance_1 > 0)")):
-        r = te[name]
-        rows.append(f"| {label} | {_pct(r['hit_rate'])} ({r['correct']}/{r['n']}) | "
-                    f"{_pct(r['ci95_event_bootstrap'][0])} – {_pct(r['ci95_event_bootstrap'][1])} | "
-                    f"{_pct(r['ci95_wilson_rows'][0])} – {_pct(r['ci95_wilson_rows'][1])} | {r['log_loss']:.4f} | "
-                    f"{r['roc_auc']:.4f} | {_pct(r['first_row_of_event']['hit_rate'])} "
-                    f"(n = {r['first_row_of_event']['n']}) |")
-    tests = []
-    for name in ("majority", "imbalance"):
-        c = te[f"model_vs_{name}"]
-        mc = c["mcnemar_rows"]
-        tests.append(f"| model − {name} | {100 * c['hit_rate_diff']:+.1f} pp | "
-                     f"{100 * c['ci95_event_bootstrap'][0]:+.1f} … {100 * c['ci95_event_bootstrap'][1]:+.1f} pp | "
-                     f"{c['p_value_event_bootstrap']:.3f} | {mc['a_only']} vs {mc['b_only']}, p = "
-                     f"{mc['p_value']:.2g} |")
+    sample = side.get("sample", "all")
     val = []
     shown = m["validation"][:10]
     for arch in ARCHS:  # the best of each architecture, also when it is not in the top 10
@@ -475,41 +554,66 @@ def model_card(side: dict[str, Any]) -> str:
     for r in shown:
         mark = " **chosen**" if r["config"] == ch["name"] else ""
         val.append(f"| {m['validation'].index(r) + 1} | {r['config']}{mark} | {_pct(r['hit_rate'])} | "
-                   f"{' / '.join(_pct(h) for h in r['hit_rate_per_fold'])} | {r['log_loss']:.4f} | "
-                   f"{r['roc_auc']:.4f} |")
+                   f"{' / '.join(_pct(h) for h in r['hit_rate_per_fold'])} | {_num(r['log_loss'])} | "
+                   f"{_num(r['roc_auc'])} |")
     vb = m["validation_baselines"]
-    beaten = [b for b in ("majority", "imbalance") if te["model"]["hit_rate"] > te[b]["hit_rate"]]
-    not_beaten = [b for b in ("majority", "imbalance") if b not in beaten]
-    sig = [b for b in beaten if te[f"model_vs_{b}"]["ci95_event_bootstrap"][0] > 0]
-    if not not_beaten:
-        verdict = "**met**: the model's hit rate is above both baselines on the test tail"
-        verdict += (", and the paired event-bootstrap interval of the difference excludes 0 for both." if
-                    len(sig) == 2 else "; but the paired event-bootstrap interval of the difference includes 0 "
-                    "for at least one baseline: with this few label events the margin is not established.")
-    else:
-        verdict = ("**not met**: the model's hit rate " + _pct(te["model"]["hit_rate"]) + " is not above " +
-                   " and ".join(f"the {b} baseline's {_pct(te[b]['hit_rate'])}" for b in not_beaten) + ".")
-        if "majority" in not_beaten:
-            maj = "up" if tr["train_up_fraction"] > 0.5 else "down"
-            verdict += (f" {_pct(te['up_fraction'])} of the test rows are followed by an up move, so the training"
-                        f" span's majority class ({maj}) scores {_pct(te['majority']['hit_rate'])} there.")
-            if ch["symmetric"]:
-                verdict += " The chosen model is symmetric (no bias): it cannot lean on the drift of a period."
-        if any(te[f"model_vs_{b}"]["ci95_event_bootstrap"][0] < 0 < te[f"model_vs_{b}"]["ci95_event_bootstrap"][1]
-               for b in ("majority", "imbalance")):
-            verdict += (" None of the differences is significant at the event level (the paired intervals"
-                        " include 0).")
+    n_val = sum(f["val_rows"] for f in sp["folds"])
+    beat_val = [r["config"] for r in m["validation"] if r["hit_rate"] > vb["imbalance"]]
+    maj_side = "up" if tr["train_up_fraction"] > 0.5 else "down"
+    tie = abs(tr["train_up_fraction"] - 0.5) < 1e-12
+    # an exactly balanced training span makes the majority class arbitrary: say what the other side scores
+    tie_note = (f"by the tie rule, up only when more than half are up; the training span is exactly balanced, "
+                f"and the other side would score {_pct(1 - te['majority']['hit_rate'])} on the tail" if tie else "")
     par = m["onnx_parity"]
     block_s = (sp["train_end_ms"] - sp["start_ms"]) / sp["n_blocks"] / 1000
     feats = ", ".join(f"`{f}`" for f in side["features"])
+    sampling = {"change": "one row per mid change: the book update that moved the mid (the first row of each run "
+                          "of constant mid)", "all": "every book update"}.get(sample, f"the newest row every {sample}")
+    others = m.get("other_captures", [])
     return f"""# models/direction.md — the direction model
 
-`direction.onnx` + `direction.json`: P(the mid's next move is up) for the newest feature vector of a
-symbol. The inference stage loads it beside the anomaly model (`inference.direction_model`, default
-`models/direction.onnx`) and writes column 0 (`p_up`) into SCORE; column 1 is `p_down` = 1 − `p_up`.
-Predicts up when `p_up` > {side['threshold']} (the sidecar's `threshold`).
+`direction.onnx` + `direction.json`: P(up) for the newest feature vector of a symbol, where "up" means
+{side['output_meaning']['p_up'].removeprefix('P(up): probability that ')} The inference stage loads it
+beside the anomaly model (`inference.direction_model`, default `models/direction.onnx`) and writes
+column 0 (`p_up`) into SCORE_UP; column 1 is `p_down` = 1 − `p_up`. Predicts up when `p_up` >
+{side['threshold']} (the sidecar's `threshold`). Horizon: `horizon_ms` = {side['horizon_ms']}
+({'event time: the next mid change, not a clock horizon' if side['horizon_ms'] == 0 else 'exchange time'}).
 
 **Read the caveats first: this is trained and tested on 2 minutes of one market on one day.**
+
+## Result on the held-out tail ({sample} sampling: {sp['test_rows']} test rows = {sp['test_events']} label events)
+
+{TEST_HEADER}
+{chr(10).join(_test_rows(te, f"model ({ch['name']})"))}
+
+{COMPARE_HEADER}
+{chr(10).join(_compare_rows(te))}
+
+Acceptance (hit rate above both baselines on the held-out tail): {verdict(te, tr['train_up_fraction'])}
+With {te['n_rows']} test events a Wilson interval is about ±{50 * (te['model']['ci95_wilson_rows'][1] -
+te['model']['ci95_wilson_rows'][0]):.0f} pp: no difference of a few points between these
+predictors can be established on this capture.
+
+- The majority class comes from the training labels ({_pct(tr['train_up_fraction'])} up → {maj_side}
+  {tie_note}), never from the test tail. Its log loss uses the training up rate as P(up); its ROC-AUC
+  is 0.5 by construction.
+- The naive imbalance baseline predicts up iff `imbalance_1` > 0 (0: the majority class); its P(up) is the
+  training up rate on each side of 0, and `imbalance_1` itself ranks the rows for its AUC.
+- For scale: an earlier system in this line reached 51.7 % directional accuracy.
+
+## Why the per-update figures looked different (every update of the same tail)
+
+The previous version of this card scored every book update ({ta['n_rows']} rows of the same tail). Those
+rows fall into only {ta['n_events']} label events: with horizon 0 every update between two mid changes has the
+same label, and one quiet stretch spans up to hundreds of updates. So the per-update hit rate is a
+time-weighted average dominated by a few long stretches, and its Wilson interval (treating
+{ta['n_rows']} rows as independent) is far too narrow; the event bootstrap is the honest one there.
+{_pct(ta['up_fraction'])} of the tail's updates are followed by an up move, but {_pct(te['up_fraction'])} of its
+mid changes are: the long stretches before a down move inflate "down" by rows, which is why the majority
+class (down) reaches {_pct(ta['majority']['hit_rate'])} per update. The same model and baselines per update:
+
+{TEST_HEADER}
+{chr(10).join(_test_rows(ta, 'model'))}
 
 ## Data
 
@@ -517,79 +621,67 @@ Predicts up when `p_up` > {side['threshold']} (the sidecar's `threshold`).
   {', '.join(tr['symbols'])}, read from `../shared/data/binance/` (not part of the repository).
   {tr['rows']} feature rows of a valid book after a {tr['warmup_s']:g} s warm-up, made by the book stage's own
   parser and kernel (`procs.datasets.from_capture`); {tr['label_events']} runs of constant mid.
-- Label: `Dataset.direction({side['horizon_ms']})`: {'the next change of the mid, however far ahead' if
-  side['horizon_ms'] == 0 else f"the sign of the mid {side['horizon_ms']} ms ahead"}; 1 up, 0 down;
-  rows without a future move are skipped. Rows between two mid changes share one label.
-- Other captures (`usdm_4sym_*`, `spot_4sym_*`: 30 s each of eight other symbols in 2021, 729 and 153
-  rows) are not pooled in: the sidecar has one mean and std per feature, not per symbol, and the flows
-  are in base units (BTC here, millions of AKRO there), so one standardisation cannot fit both; and
-  they are too few rows to matter.
+- Label: `Dataset.direction({side['horizon_ms']})`: {'the sign of the next change of the mid, however far ahead'
+  if side['horizon_ms'] == 0 else f"the sign of the mid {side['horizon_ms']} ms ahead"}; 1 up, 0 down; rows
+  without a future move are skipped ({_pct(tr['skipped_fraction'])} of updates), not modelled as a class.
+- Rows: `Dataset.sample("{sample}")`: {sampling}; {tr.get('sampled_rows', tr['rows'])} rows. Labels are
+  computed on every update first. A row's membership depends only on it and earlier rows.
+- Other captures are not pooled in (the sidecar has one mean and std per feature, and flows are in
+  base units); each is scored separately below.
 
 ## Split (exchange time E)
 
 | part | from | to | labelled rows | label events |
 |---|---|---|---|---|
 | training span | {_utc(sp['start_ms'])} | {_utc(sp['train_end_ms'])} | {sp['train_rows']} | {sp['train_events']} |
-| embargo (dropped) | {_utc(sp['train_end_ms'])} | {_utc(sp['test_start_ms'])} | {sp['embargo_rows']} rows | |
+| embargo (dropped) | {_utc(sp['train_end_ms'])} | {_utc(sp['test_start_ms'])} | {sp['embargo_rows']} updates | |
 | test tail | {_utc(sp['test_start_ms'])} | {_utc(sp['end_ms'])} | {sp['test_rows']} | {sp['test_events']} |
 
 - Test = the last {_pct(sp['test_fraction'])} of the capture's time; embargo {sp['embargo_s']:g} s before it.
 - Purge: training labels are computed on the training span alone, so a row whose next move comes after
   the training span's end has no training label ({sp['train_rows_purged']} rows dropped that way). No
   training label looks into the embargo or the test tail.
-- Validation: the training span in {sp['n_blocks']} time blocks; {sp['n_folds']} forward-chaining folds fit on
-  the blocks before a block (minus the embargo, purged the same way) and validate on it. Model choice
-  is made there only; the test tail decided nothing.
+- Validation: the training span in {sp['n_blocks']} time blocks of {block_s:.0f} s; {sp['n_folds']} forward-chaining
+  folds fit on the blocks before a block (minus the embargo, purged the same way) and validate on it
+  ({' / '.join(str(f['val_rows']) for f in sp['folds'])} rows). Model choice is made there only; the test
+  tail decided nothing.
 
 ## Features and graph
 
 {feats}
 
-- Standardised with the training span's mean and std (the sidecar's `mean`, `std`; `procs/model.py`
-  feeds z = (x − mean) / std to the graph).
+- Standardised with the training span's mean and std (the sidecar's `mean`, `std`; signed features get
+  mean 0 and their RMS in symmetric models; `procs/model.py` feeds z = (x − mean) / std to the graph).
 - Graph: {side['architecture']}.
 - Opset {side['onnx_opset']}, dynamic batch axis, torch {side['torch_version']}.
 
 ## Model choice (validation folds only)
 
 {len(m['validation'])} candidates: {{logistic regression, MLP with one hidden layer of 16}} × feature sets
-{{{', '.join(FEATURE_SETS)}}} × input {{z, asinh(z)}} × L2 {{1e-3, 1e-1}} × {{free, symmetric}} ×
-{{row, event}} weighting. *Symmetric* models have no bias and are odd in the signed features (the
-flows, imbalances, microprice offset and returns get mean 0 in the sidecar): mirroring the book swaps
-P(up) and P(down), so the drift of the training period cannot be learnt as a bias. *Event weighting*
-gives each label event the same total weight in the loss, however many rows it spans.
+{{{', '.join(FEATURE_SETS)}}} × input {{z, asinh(z)}} × L2 {{1e-3, 1e-1}} ×
+{{free, symmetric}}{'' if sample == 'change' else ' × {row, event} weighting'}. *Symmetric* models have no
+bias and are odd in the signed features: mirroring the book swaps P(up) and P(down), so the drift of the training period
+cannot be learnt as a bias.
 
-The hit rate over all validation rows decides (ties: log loss); log loss and ROC-AUC are over the
-same rows. The baselines on these rows: majority {_pct(vb['majority'])}, naive imbalance
-{_pct(vb['imbalance'])}. Expect the winner's validation figure to flatter it: it is the best of
-{len(m['validation'])} tries on {sp['n_folds']} blocks of {block_s:.0f} s. The table shows the top 10 and the
-best of each architecture (rank among all candidates; all of them are in the sidecar's
-`metrics.validation`).
+The hit rate over all {n_val} validation rows decides (ties: log loss). The baselines on these rows:
+majority {_pct(vb['majority'])}, naive imbalance {_pct(vb['imbalance'])}. Candidates above the imbalance rule on
+validation: {len(beat_val)} of {len(m['validation'])}. The top 10 and the best of each architecture (all in the
+sidecar's `metrics.validation`):
 
 | rank | configuration | hit rate | per fold | log loss | ROC-AUC |
 |---|---|---|---|---|---|
 {chr(10).join(val)}
 
-## Test tail
+## Other captures (the chosen configuration refitted on each capture's own earlier part)
 
-{te['n_rows']} rows in {te['n_events']} label events; up fraction {_pct(te['up_fraction'])}. All three
-predictors are scored on exactly these rows.
+Same sampling, label and {_pct(sp['test_fraction'])} test tail; no model choice on them (the configuration
+was fixed by the BTC validation folds); embargo scaled to 4 % of the span. Multi-symbol captures pool
+their symbols' rows (labels per symbol).
 
-{TEST_HEADER}
-{chr(10).join(rows)}
+{_others_table(others) if others else '(none given)'}
 
-{COMPARE_HEADER}
-{chr(10).join(tests)}
-
-- **Which interval to believe.** Rows are not independent: every row between two mid changes has
-  the same label, and one event spans up to hundreds of rows. The event bootstrap resamples label
-  events ({te['bootstrap']['draws']} draws, seed {te['bootstrap']['seed']}) and is the honest interval. The
-  Wilson interval and McNemar treat the rows as independent and are too narrow / too confident.
-- The majority baseline's ROC-AUC is 0.5 by construction (a constant score). The naive imbalance
-  baseline's P(up) is the training up rate on each side of imbalance_1 = 0; its AUC ranks by imbalance_1.
-- For scale: an earlier system in this line reached 51.7 % directional accuracy.
-
-Acceptance (hit rate above both baselines on the held-out tail): {verdict}
+These are 30 s recordings: their test tails hold a handful of mid changes, and the intervals span most
+of [0, 1]. They say nothing either way.
 
 ## Export checks
 
@@ -612,13 +704,14 @@ runs write identical bytes.
 ## Caveats
 
 - **2 minutes of one market (BTCUSDT perpetual) on one day (2024-08-08).** The test tail is about
-  {(sp['end_ms'] - sp['test_start_ms']) / 1000:.0f} s with {te['n_events']} label events (mid moves ahead).
-  Any figure here is a measurement of that half minute, not of the market. The mid drifted during the capture, so the
-  up/down balance differs between the training span and the test tail; the majority baseline moves with it.
-- The features are in BTCUSDT units (flows in BTC, spreads in bps of a ~62 000 price). The model
-  means nothing on other symbols; retrain it per market, on far more data, before trusting it.
-- The label ignores how far ahead the next move is ({_pct(tr['skipped_fraction'])} of rows have no move
-  ahead and are skipped), and says nothing about the size of the move.
+  {(sp['end_ms'] - sp['test_start_ms']) / 1000:.0f} s with {te['n_events']} mid changes. Any figure here is a
+  measurement of that half minute, not of the market.
+- The model is trained on the updates that move the mid, and the inference stage applies it to every
+  update: between mid changes it sees books it was not fitted on (the per-update table above shows how
+  it does there).
+- P(up) is conditional on the mid moving: it says nothing about when the next move comes, nor its size.
+- The features are in BTCUSDT units where they are not scale-free. Retrain per market, on far more
+  data, before trusting it.
 """
 
 
@@ -666,11 +759,99 @@ def validation_baselines(ds: Dataset, split: Split) -> dict[str, float]:
     return {k: round(float(np.mean(np.concatenate(v))), 4) for k, v in hits.items()}
 
 
+@dataclass
+class Outcome:
+    """One capture's split, fitted model and held-out figures."""
+
+    split: Split
+    summary: dict[str, Any]  # the split's times and row / event counts
+    cols: list[int]
+    net: Any
+    mean: np.ndarray
+    std: np.ndarray
+    test: dict[str, Any]  # score_table on the sampled test rows
+    test_all_rows: dict[str, Any]  # score_table on every labelled update of the test tail
+    p_test: np.ndarray
+    y_fit: np.ndarray
+
+
+def split_summary(ds: Dataset, split: Split, events: np.ndarray, y_all: np.ndarray, args: argparse.Namespace,
+                  sampled: np.ndarray, embargo_s: float) -> dict[str, Any]:
+    e = ds.e_ms
+    labelled_in_span = (y_all >= 0) & sampled & (e < split.train_end_ms)
+    return {"start_ms": int(e.min()), "end_ms": int(e.max()), "train_end_ms": split.train_end_ms,
+            "test_start_ms": split.test_start_ms, "test_fraction": args.test_fraction, "embargo_s": embargo_s,
+            "sample": args.sample,
+            "train_rows": int(split.train.sum()), "train_events": len(np.unique(events[split.train])),
+            "train_rows_purged": int(np.sum(labelled_in_span & ~split.train)),
+            "embargo_rows": int(np.sum((e >= split.train_end_ms) & (e < split.test_start_ms))),
+            "test_rows": int(split.test.sum()), "test_events": len(np.unique(events[split.test])),
+            "n_blocks": args.blocks, "n_folds": args.folds,
+            "folds": [{"fit_end_ms": fe, "val_start_ms": vs, "fit_rows": int((yf >= 0).sum()),
+                       "val_rows": int((yv >= 0).sum())} for yf, yv, fe, vs in split.folds]}
+
+
+def fit_and_test(ds: Dataset, split: Split, events: np.ndarray, cfg: Config, y_all: np.ndarray, *, seed: int,
+                 steps: int, n_boot: int, summary: dict[str, Any]) -> Outcome:
+    """Fit `cfg` on the whole training span; score it and the baselines on the test tail, sampled and all rows."""
+    cols = [FEATURE_INDEX[f] for f in FEATURE_SETS[cfg.features]]
+    x_fit, y_fit = _xy(ds, split.y_train, cols)
+    net, mean, std = fit(x_fit, y_fit, events[split.train], cfg, seed=seed, steps=steps)
+    x_test_raw = ds.x[split.test]
+    p_test = predict(net, (x_test_raw[:, cols] - mean) / std)
+    base_fit = (ds.x[split.train], split.y_train[split.train])
+    preds = {"model": (p_test > 0.5, p_test, p_test), **baselines(*base_fit, x_test_raw)}
+    test = score_table(split.y_test[split.test], preds, events[split.test], n_boot=n_boot, seed=seed)
+    # every labelled update of the tail (what the inference stage scores), same model and baseline fits
+    tail = (ds.e_ms >= split.test_start_ms) & (y_all >= 0)
+    p_all = predict(net, (ds.x[tail][:, cols] - mean) / std)
+    preds_all = {"model": (p_all > 0.5, p_all, p_all), **baselines(*base_fit, ds.x[tail])}
+    test_all = score_table(y_all[tail], preds_all, events[tail], n_boot=n_boot, seed=seed)
+    return Outcome(split, summary, cols, net, mean, std, test, test_all, p_test, y_fit)
+
+
+def _log_test(name: str, test: dict[str, Any]) -> None:
+    for k in ("model", "majority", "imbalance"):
+        r = test[k]
+        log(f"  {name} {k:10s} hit {r['hit_rate']:.4f} (n={r['n']}, Wilson {r['ci95_wilson_rows']}, event "
+            f"bootstrap {r['ci95_event_bootstrap']}) log loss {r['log_loss']:.4f} AUC {r['roc_auc']:.4f}")
+
+
+def other_capture(path: Path, cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen configuration refitted on another capture's training span and scored on its tail (no
+    selection there). Short captures get a proportionally shorter embargo (at most --embargo-s)."""
+    ds = from_capture(path)
+    sampled = ds.sample(args.sample)
+    span_s = (int(ds.e_ms.max()) - int(ds.e_ms.min())) / 1000
+    embargo_s = min(args.embargo_s, round(0.04 * span_s, 1))
+    split = make_split(ds, horizon_ms=args.horizon_ms, test_fraction=args.test_fraction, embargo_s=embargo_s,
+                       n_blocks=args.blocks, n_folds=args.folds, sample=sampled)
+    events = label_events(ds)
+    y_all = ds.direction(args.horizon_ms)
+    summary = split_summary(ds, split, events, y_all, args, sampled, embargo_s)
+    log(f"{path.name}: {len(ds)} rows of {ds.symbols}; {summary['train_rows']} training rows, "
+        f"{summary['test_rows']} test rows ({args.sample}), embargo {embargo_s:g} s")
+    if split.train.sum() < 2:
+        return mm.to_jsonable({"capture": path.name, "symbols": ds.symbols, "split": summary,
+                               "error": "fewer than 2 labelled training rows"})
+    oc = fit_and_test(ds, split, events, cfg, y_all, seed=args.seed, steps=args.steps, n_boot=args.bootstrap,
+                      summary=summary)
+    _log_test(f"{path.name[:12]} test", oc.test)
+    return mm.to_jsonable({"capture": path.name, "capture_sha256": ds.meta["file_sha256"], "symbols": ds.symbols,
+                           "rows": len(ds), "config": cfg.name, "train_up_fraction": float(np.mean(oc.y_fit)),
+                           "split": summary, "test": oc.test, "test_all_rows": oc.test_all_rows})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--capture", default=str(DEFAULT_DATA_DIR / DEFAULT_CAPTURE), help="<ts_ns> <json> capture")
+    ap.add_argument("--also", nargs="*", default=None, metavar="CAPTURE",
+                    help="other captures to score the chosen configuration on (default: the other shared "
+                         "captures that exist; no argument: none)")
     ap.add_argument("--horizon-ms", type=int, default=0, help="label horizon; 0: the next change of the mid")
+    ap.add_argument("--sample", default="change",
+                    help="rows used for training and test: change (one per mid change), all, or <N>ms")
     ap.add_argument("--test-fraction", type=float, default=0.3, help="last fraction of the capture's time: test")
     ap.add_argument("--embargo-s", type=float, default=5.0, help="gap between training span and test (and folds)")
     ap.add_argument("--blocks", type=int, default=5, help="time blocks of the training span")
@@ -692,30 +873,29 @@ def main(argv: list[str] | None = None) -> int:
     capture = Path(args.capture)
     if not capture.is_file():
         ap.error(f"--capture {capture}: no such file (the shared captures live in ../shared/data/binance/)")
+    also = ([capture.parent / c for c in OTHER_CAPTURES if (capture.parent / c).is_file() and c != capture.name]
+            if args.also is None else [Path(c) for c in args.also])
+    for c in also:
+        if not c.is_file():
+            ap.error(f"--also {c}: no such file")
     ds = from_capture(capture)
+    try:
+        sampled = ds.sample(args.sample)
+    except ValueError as exc:
+        ap.error(f"--sample: {exc}")
     if len(ds.symbols) != 1:
         log(f"note: {len(ds.symbols)} symbols; labels and events are per symbol, standardisation is pooled")
     split = make_split(ds, horizon_ms=args.horizon_ms, test_fraction=args.test_fraction, embargo_s=args.embargo_s,
-                       n_blocks=args.blocks, n_folds=args.folds)
+                       n_blocks=args.blocks, n_folds=args.folds, sample=sampled)
     events = label_events(ds)
-    e = ds.e_ms
     y_all = ds.direction(args.horizon_ms)
-    labelled_in_span = (y_all >= 0) & (e < split.train_end_ms)
-    sp = {"start_ms": int(e.min()), "end_ms": int(e.max()), "train_end_ms": split.train_end_ms,
-          "test_start_ms": split.test_start_ms, "test_fraction": args.test_fraction, "embargo_s": args.embargo_s,
-          "train_rows": int(split.train.sum()), "train_events": len(np.unique(events[split.train])),
-          "train_rows_purged": int(np.sum(labelled_in_span & ~split.train)),
-          "embargo_rows": int(np.sum((e >= split.train_end_ms) & (e < split.test_start_ms))),
-          "test_rows": int(split.test.sum()), "test_events": len(np.unique(events[split.test])),
-          "n_blocks": args.blocks, "n_folds": args.folds,
-          "folds": [{"fit_end_ms": fe, "val_start_ms": vs, "fit_rows": int((yf >= 0).sum()),
-                     "val_rows": int((yv >= 0).sum())} for yf, yv, fe, vs in split.folds]}
-    log(f"{capture.name}: {len(ds)} rows; training span {_utc(sp['start_ms'])} .. {_utc(sp['train_end_ms'])} "
-        f"({sp['train_rows']} labelled rows, {sp['train_events']} events, {sp['train_rows_purged']} purged), "
-        f"test {_utc(sp['test_start_ms'])} .. {_utc(sp['end_ms'])} ({sp['test_rows']} rows, "
-        f"{sp['test_events']} events)")
+    sp = split_summary(ds, split, events, y_all, args, sampled, args.embargo_s)
+    log(f"{capture.name}: {len(ds)} rows ({int(sampled.sum())} sampled: {args.sample}); training span "
+        f"{_utc(sp['start_ms'])} .. {_utc(sp['train_end_ms'])} ({sp['train_rows']} labelled rows, "
+        f"{sp['train_events']} events, {sp['train_rows_purged']} purged), test {_utc(sp['test_start_ms'])} .. "
+        f"{_utc(sp['end_ms'])} ({sp['test_rows']} rows, {sp['test_events']} events)")
 
-    configs = grid(args.grid)
+    configs = grid(args.grid, args.sample)
     log(f"validation: {len(configs)} candidates x {args.folds} folds")
     val = select(ds, split, events, configs, seed=args.seed, steps=args.steps)
     val_base = validation_baselines(ds, split)
@@ -723,37 +903,37 @@ def main(argv: list[str] | None = None) -> int:
     best = next(c for c in configs if c.name == val[0]["config"])
     log(f"chosen: {best.name}")
 
+    oc = fit_and_test(ds, split, events, best, y_all, seed=args.seed, steps=args.steps, n_boot=args.bootstrap,
+                      summary=sp)
+    net, mean, std, cols, p_test, test = oc.net, oc.mean, oc.std, oc.cols, oc.p_test, oc.test
     feats = FEATURE_SETS[best.features]
-    cols = [FEATURE_INDEX[f] for f in feats]
-    x_fit, y_fit = _xy(ds, split.y_train, cols)
-    net, mean, std = fit(x_fit, y_fit, events[split.train], best, seed=args.seed, steps=args.steps)
     x_test_raw = ds.x[split.test]
-    y_test = split.y_test[split.test]
     z_test = (x_test_raw[:, cols] - mean) / std
-    p_test = predict(net, z_test)
-    preds = {"model": (p_test > 0.5, p_test, p_test),
-             **baselines(ds.x[split.train], split.y_train[split.train], x_test_raw)}
-    test = score_table(y_test, preds, events[split.test], n_boot=args.bootstrap, seed=args.seed)
-    for k in ("model", "majority", "imbalance"):
-        r = test[k]
-        log(f"  test {k:10s} hit {r['hit_rate']:.4f} (n={r['n']}, CI {r['ci95_event_bootstrap']}) "
-            f"log loss {r['log_loss']:.4f} AUC {r['roc_auc']:.4f}")
+    _log_test("test", test)
+    _log_test("test, all rows", oc.test_all_rows)
     for k in ("majority", "imbalance"):
         log(f"  model vs {k}: {test[f'model_vs_{k}']}")
+    others = [other_capture(c, best, args) for c in also]
 
     out = Path(args.out)
     export(net, len(cols), out)
     parity = verify_export(net, out, z_test, seed=args.seed)
+    label = ("the next change of the mid (however far ahead)" if args.horizon_ms == 0 else
+             f"the mid {args.horizon_ms} ms ahead (first update at or after E + {args.horizon_ms} ms) vs now")
     side: dict[str, Any] = {
         "kind": "direction",
         "features": feats,
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "outputs": OUTPUTS,
-        "output_meaning": {"p_up": "P(the mid's next move is up), in [0, 1]", "p_down": "1 - p_up"},
+        "output_meaning": {"p_up": f"P(up): probability that {label} is up rather than down, given the book "
+                                   "at this update; in [0, 1]. Conditional on the mid moving at all.",
+                           "p_down": "1 - p_up"},
         "threshold": 0.5,
         "horizon_ms": args.horizon_ms,
-        "version": f"{best.arch}-{best.features}-{best.transform}-btcusdt-20240808-v1",
+        # rows the model was trained and tested on (procs.datasets.Dataset.sample); it is applied to every update
+        "sample": args.sample,
+        "version": f"{best.arch}-{best.features}-{best.transform}-{args.sample}-btcusdt-20240808-v2",
         "architecture": _architecture(best, len(cols)),
         # the loader (procs/model.py) checks the layout as a list of names or its own hash form
         "feature_layout": list(FEATURE_NAMES),
@@ -765,7 +945,9 @@ def main(argv: list[str] | None = None) -> int:
         "trained_on": {},
         "metrics": {"chosen": {"name": best.name, **asdict(best)}, "selection": "hit rate over all validation "
                     "rows of the folds, ties by their log loss", "split": sp, "validation": val,
-                    "validation_baselines": val_base, "test": test, "onnx_parity": parity},
+                    "validation_baselines": val_base, "test": test,
+                    "test_all_rows": mm.to_jsonable(oc.test_all_rows), "other_captures": others,
+                    "onnx_parity": parity},
     }
     out.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
     # through the runtime loader: the sidecar must validate, and Model.score (float64 standardise -> float32)
@@ -782,9 +964,10 @@ def main(argv: list[str] | None = None) -> int:
     side["onnx_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     side["trained_on"] = {
         "capture": capture.name, "capture_sha256": ds.meta["file_sha256"], "dataset_sha256": ds.sha256(),
-        "symbols": ds.symbols, "rows": len(ds), "warmup_s": ds.meta["warmup_s"],
+        "symbols": ds.symbols, "rows": len(ds), "sampled_rows": int(sampled.sum()), "sample": args.sample,
+        "warmup_s": ds.meta["warmup_s"],
         "label_events": int(events.max()) + 1, "skipped_fraction": round(float(np.mean(y_all < 0)), 4),
-        "train_up_fraction": round(float(np.mean(y_fit)), 4),
+        "train_up_fraction": round(float(np.mean(oc.y_fit)), 4),
         "seed": args.seed, "steps": args.steps, "grid": args.grid, "seconds": round(seconds, 1),
         "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
         "command": " ".join(["python scripts/train_direction.py", *(sys.argv[1:] if argv is None else argv)]),

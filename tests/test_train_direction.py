@@ -112,12 +112,37 @@ def test_split_is_in_time_order_purged_and_embargoed(td: ModuleType, capture: Pa
         assert e[y_val >= 0].min() >= val_start and e[y_val >= 0].max() < sp.train_end_ms
 
 
+def test_split_with_a_sample_keeps_labels_and_drops_the_other_rows(td: ModuleType, capture: Path) -> None:
+    ds = from_capture(capture)
+    full = td.make_split(ds, horizon_ms=0, test_fraction=0.3, embargo_s=5.0, n_blocks=5, n_folds=3)
+    keep = ds.sample("change")
+    sp = td.make_split(ds, horizon_ms=0, test_fraction=0.3, embargo_s=5.0, n_blocks=5, n_folds=3, sample=keep)
+    assert np.array_equal(sp.train, full.train & keep) and np.array_equal(sp.test, full.test & keep)
+    assert np.array_equal(sp.y_test[sp.test], full.y_test[sp.test])
+    for (f, v, _, _), (f0, v0, _, _) in zip(sp.folds, full.folds, strict=True):
+        assert np.array_equal(f >= 0, (f0 >= 0) & keep) and np.array_equal(v >= 0, (v0 >= 0) & keep)
+
+
+def test_other_capture_reuses_the_config_on_its_own_split(td: ModuleType, data_dir: Path) -> None:
+    path = data_dir / "usdm_4sym_20210722.lines.gz"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not in {data_dir}")
+    args = td.argparse.Namespace(sample="change", embargo_s=5.0, horizon_ms=0, test_fraction=0.3, blocks=5, folds=3,
+                                 seed=0, steps=50, bootstrap=50)
+    cfg = td.Config("logreg", "top", "linear", 1e-3, True)
+    r = td.other_capture(path, cfg, args)
+    assert r["config"] == cfg.name and r["split"]["embargo_s"] < 5.0  # a 25 s capture gets a shorter embargo
+    ds = from_capture(path)
+    tail = (ds.e_ms >= r["split"]["test_start_ms"]) & (ds.direction(0) >= 0)
+    assert r["test"]["n_rows"] == int(np.sum(tail & ds.sample("change"))) > 0
+
+
 # -- a quick training run ------------------------------------------------------------------------------
 
 def test_quick_training_exports_loads_scores_and_reproduces(td: ModuleType, capture: Path, tmp_path: Path) -> None:
     import onnx
 
-    args = ["--capture", str(capture), "--grid", "quick", "--steps", "200", "--bootstrap", "200"]
+    args = ["--capture", str(capture), "--grid", "quick", "--steps", "200", "--bootstrap", "200", "--also"]
     assert td.main([*args, "--out", str(tmp_path / "a" / "d.onnx")]) == 0
     assert td.main([*args, "--out", str(tmp_path / "b" / "d.onnx")]) == 0
     a, b = tmp_path / "a" / "d.onnx", tmp_path / "b" / "d.onnx"
@@ -140,14 +165,22 @@ def test_quick_training_exports_loads_scores_and_reproduces(td: ModuleType, capt
         assert np.all((out >= 0) & (out <= 1))
         np.testing.assert_allclose(out[:, 0] + out[:, 1], 1.0, atol=1e-6)
 
-    # the baselines are scored on exactly the model's test rows: the labelled rows of the tail
+    # the baselines are scored on exactly the model's test rows: the labelled mid-change rows of the tail
     test = side["metrics"]["test"]
     start = side["metrics"]["split"]["test_start_ms"]
-    expected = int(np.sum((ds.e_ms >= start) & (ds.direction(0) >= 0)))
-    assert test["n_rows"] == expected
+    tail = (ds.e_ms >= start) & (ds.direction(0) >= 0)
+    expected = int(np.sum(tail & ds.sample("change")))
+    assert side["sample"] == "change" and test["n_rows"] == expected
     assert test["model"]["n"] == test["majority"]["n"] == test["imbalance"]["n"] == expected
+    # one row per mid change: every test row is its own label event, so the Wilson interval is on events
+    assert test["n_events"] == test["n_rows"]
     mc = test["model_vs_imbalance"]["mcnemar_rows"]
     assert mc["a_only"] - mc["b_only"] == test["model"]["correct"] - test["imbalance"]["correct"]
+    # and on every labelled update of the tail, with the same fits
+    assert side["metrics"]["test_all_rows"]["n_rows"] == int(tail.sum()) > expected
+    # the majority class comes from the training labels, not from the tail
+    assert (test["majority"]["correct"] / test["n_rows"] == pytest.approx(1 - test["up_fraction"], abs=1e-3)) == (
+        side["trained_on"]["train_up_fraction"] <= 0.5)
 
 
 # -- the shipped model ----------------------------------------------------------------------------------
