@@ -16,6 +16,7 @@ setting is documented in tickpipe.example.toml. Exit status: 0 on a normal end (
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -24,12 +25,34 @@ from procs import config as cfgmod
 from procs.config import Config, ConfigError
 from procs.placement import PlacementError
 
+STRATEGY_HELP = """\
+Writing a strategy (procs/api.py has the whole API; built-ins in procs/strategies/):
+
+    # lean.py: trade toward the direction model's call, within a position limit
+    from procs.api import BUY, SELL, Strategy, market, njit, position, score_up, tradable
+
+    class Lean(Strategy):
+        PARAMS = {"qty": 0.01, "edge": 0.1, "max_pos": 0.05}
+
+        @staticmethod
+        @njit
+        def on_score(ctx, s, score):
+            p = score_up(ctx, s)  # P(next mid move is up); NaN without a direction model
+            if tradable(ctx, s) and p > 0.5 + ctx.p.edge and position(ctx, s) < ctx.p.max_pos:
+                market(ctx, s, BUY, ctx.p.qty)
+            elif tradable(ctx, s) and p < 0.5 - ctx.p.edge and position(ctx, s) > -ctx.p.max_pos:
+                market(ctx, s, SELL, ctx.p.qty)
+
+    python run.py --strategy lean:Lean --set strategy.params.edge=0.2
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run.py", description=__doc__.split("\n\n")[0],
-        epilog="Reports go to runs/<time>-<run id>/: summary.json, percentiles.txt, latency.png, "
-               "hlog/*.hlog (HdrHistogram interval logs), stages.log, orders.bin, labels.jsonl (simulator).",
+        epilog=STRATEGY_HELP + "\nReports go to runs/<time>-<run id>/: summary.json, percentiles.txt, latency.png, "
+               "hlog/*.hlog (HdrHistogram interval logs), stages.log, labels.jsonl (simulator); the strategy's "
+               "orders.csv, fills.csv, equity.csv, strategy.json and results (results.txt, equity.png).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source")
     src.add_argument("--replay", metavar="FILE",
@@ -63,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", metavar="SPEC",
                      help="idle strategy: spin | yield[:spin_ns=N] | park[:spin_ns=N,yield_ns=N,park_timeout_ns=N] "
                           "| auto (default: spin only when every process has a core of its own, else park)")
+    run.add_argument("--strategy", metavar="PKG.MODULE:CLASS",
+                     help="the strategy to run (default procs.strategies.market_maker:MarketMaker); its parameters "
+                          "with --set strategy.params.NAME=VALUE; see 'Writing a strategy' below")
     run.add_argument("--model", metavar="ONNX", help="anomaly model with a sidecar JSON (default models/anomaly.onnx)")
     run.add_argument("--direction-model", metavar="ONNX",
                      help="direction model with a sidecar JSON, scored beside the anomaly model (default "
@@ -74,7 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override any setting, e.g. --set rings.market=131072 (value in TOML syntax); repeatable")
     run.add_argument("--quiet", action="store_true", help="no status lines, only errors and the report path")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on 127.0.0.1:PORT (metrics.host to change; default off)")
     run.add_argument("--print-config", action="store_true", help="print the effective settings as TOML and exit")
+    run.add_argument("--doctor", nargs="?", const="text", choices=("text", "json"),
+                     help="check the host's tuning (CPUs, isolation, governor, THP, IRQs, SMT, mlock, SCHED_FIFO, "
+                          "/dev/shm, clock source, ...) with a fix for each, and exit: 0 tuned, 1 something bad, "
+                          "3 warnings only (--doctor=json for JSON)")
+    run.add_argument("--profile", action="store_true",
+                     help="profile the run: flame/<stage>.svg (py-spy per stage) and flame/perf.svg (perf over the "
+                          "run, numba frames named) in the run folder, shown in report.html")
     return p
 
 
@@ -107,8 +142,10 @@ def _overrides(args: argparse.Namespace) -> dict:
     put("run", "wait", args.wait)
     put("run", "out_dir", args.out)
     put("run", "realtime", args.realtime)
+    put("strategy", "name", args.strategy)
     put("inference", "model", args.model)
     put("inference", "direction_model", args.direction_model)
+    put("metrics", "port", args.metrics_port)
     for item in args.set:
         key, eq, val = item.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -122,19 +159,24 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return str(v)
+
+
 def _to_toml(d: dict) -> str:
     lines = []
     for section, values in d.items():
         lines.append(f"[{section}]")
-        for k, v in values.items():
-            if isinstance(v, bool):
-                lines.append(f"{k} = {'true' if v else 'false'}")
-            elif isinstance(v, str):
-                lines.append(f'{k} = "{v}"')
-            elif isinstance(v, list):
-                lines.append(f"{k} = [{', '.join(repr(x).replace(chr(39), chr(34)) for x in v)}]")
-            else:
-                lines.append(f"{k} = {v}")
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
+        for k, table in tables.items():  # sub-tables after the section's own keys, as TOML requires
+            lines += ["", f"[{section}.{k}]", *(f"{kk} = {_toml_value(vv)}" for kk, vv in table.items())]
         lines.append("")
     return "\n".join(lines)
 
@@ -174,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(_to_toml(config.to_dict()))
         return 0
+    if args.doctor:
+        from procs import doctor
+
+        try:
+            checks = doctor.run_checks(placement=config.run.placement, config=config)
+        except PlacementError as exc:
+            print(f"run.py: bad configuration: run.placement: {exc}", file=sys.stderr)
+            return 2
+        print(doctor.format_checks(checks) if args.doctor == "text" else
+              json.dumps(doctor.as_dict(checks), indent=2, ensure_ascii=False))
+        return doctor.exit_code(checks)
     from procs.launcher import Launcher, RunError
     from procs.sources.replay import scan_symbols
 
@@ -211,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         elif problem:
             print(f"run.py: bad configuration: {problem}", file=sys.stderr)
             return 2
+    try:  # the strategy class and its parameters are checked before anything starts
+        from procs.api import StrategyError
+        from procs.strategy import make_strategy
+
+        make_strategy(config, symbols)
+    except StrategyError as exc:
+        print(f"run.py: bad configuration: {exc}", file=sys.stderr)
+        return 2
     if args.local_exchange:
         from procs.sources.exchange import LocalExchange
 
@@ -220,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: local exchange on {exchange.ws_url} (REST {exchange.rest_url})", file=sys.stderr)
     try:
         try:
-            launcher = Launcher(config, symbols=symbols, quiet=args.quiet)
+            launcher = Launcher(config, symbols=symbols, quiet=args.quiet, profile=args.profile)
         except PlacementError as exc:
             print(f"run.py: bad configuration: run.placement: {exc}", file=sys.stderr)
             return 2

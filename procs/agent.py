@@ -14,6 +14,7 @@ launcher reads them without asking the stage; histograms likewise (`ctx.hist_hop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from procs.config import Config
+from shm import hdr
 
 #: Counters each agent may name; the shared stats record has room for this many.
 MAX_COUNTERS = 32
@@ -40,6 +42,8 @@ class AgentContext:
     hist_hop: np.ndarray
     hist_e2e: np.ndarray
     log: logging.Logger
+    #: the agent's own histogram (AUX_HIST names it); a private one when the caller gives none (tests)
+    hist_aux: np.ndarray = dataclasses.field(default_factory=hdr.new_counts)
 
 
 class Agent:
@@ -52,6 +56,8 @@ class Agent:
     #: agents sleeps in its parker between passes, whatever the wait strategy, and is not counted as
     #: a spinner by `auto` (a spinning neighbour on the other vCPU slowed the feed by 40% here)
     SPINS: ClassVar[bool] = True
+    #: name of the histogram this agent records into ctx.hist_aux ("" for none); the report shows "<name>.<AUX_HIST>"
+    AUX_HIST: ClassVar[str] = ""
 
     def on_start(self, ctx: AgentContext) -> None:
         """Attach rings, allocate buffers, compile the kernels. Runs before the readiness barrier."""

@@ -72,17 +72,42 @@ class LiveConfig:
 class RingsConfig:
     market: int = 1 << 16  #: feed -> book slots (power of two)
     book: int = 1 << 14  #: book -> strategy
-    orders: int = 1 << 12  #: strategy -> orders sink
+    orders: int = 1 << 12  #: strategy -> orders sink (orders.csv)
+    fills: int = 1 << 14  #: strategy's paper exchange -> fills sink (fills.csv)
+
+
+#: The strategy run.py runs when none is named: the ML-skewed market maker.
+DEFAULT_STRATEGY = "procs.strategies.market_maker:MarketMaker"
 
 
 @dataclass
 class StrategyConfig:
-    spread_bps: float = 2.0  #: quoted half-spread around the microprice
-    skew_bps: float = 1.0  #: quote shift per unit of predicted direction
-    order_qty: float = 0.01
-    max_position: float = 1.0
-    requote_bps: float = 0.5  #: only move a quote when it is off by more than this
-    pause_hold_ms: float = 500.0  #: after an anomaly alert, stay out until the flag has been clear this long
+    name: str = DEFAULT_STRATEGY  #: dotted path of a procs.api.Strategy subclass, "package.module:Class"
+    #: the strategy's parameters ([strategy.params] table; keys are the class's PARAMS, checked at start)
+    params: dict = field(default_factory=dict)
+    equity_interval_ms: float = 1000.0  #: equity.csv gets a row per symbol and sleeve this often (exchange time)
+
+
+@dataclass
+class RiskConfig:
+    """Checks in front of every order; a limit of 0 is off. Refusals are counted by reason."""
+    max_position: float = 1.0  #: |position| per symbol and sleeve, counting every live order on that side as filled
+    max_order_qty: float = 0.5  #: one order's qty (base currency)
+    max_notional: float = 100000.0  #: one order's notional (quote currency)
+    max_orders_per_s: float = 50.0  #: new + replace orders in any 1 s of exchange time (cancels always pass)
+    max_loss: float = 5000.0  #: total equity below -max_loss: cancel all, flatten, refuse every order after
+    stale_ms: float = 5000.0  #: no orders on a book older than this (exchange time) or invalid after a gap
+    kill_switch: bool = True  #: the anomaly flag halts the symbol: cancel its orders, refuse new ones
+    kill_hold_ms: float = 1000.0  #: ... until the flag has been clear this long
+    kill_flatten: bool = False  #: the kill switch also flattens the symbol's position with market orders
+
+
+@dataclass
+class PaperConfig:
+    """The paper exchange inside the strategy's process (exchange-time clock: results do not depend on speed)."""
+    latency_ms: float = 5.0  #: an order, cancel or replace takes effect this long after the decision
+    maker_fee_bps: float = 1.0  #: fee on a passive fill, bps of notional (negative: a rebate)
+    taker_fee_bps: float = 4.0  #: fee on an aggressive fill
 
 
 #: The direction model run.py loads when none is named; its absence only warns (the anomaly model runs alone).
@@ -99,6 +124,13 @@ class InferenceConfig:
 
 
 @dataclass
+class MetricsConfig:
+    port: int = 0  #: Prometheus endpoint port (0: no exporter), e.g. 9464
+    host: str = "127.0.0.1"  #: address the endpoint binds; 0.0.0.0 exposes it beyond this host
+    status: str = "auto"  #: live status line: auto (on a TTY, rewritten in place), line (always, one per line), off
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -106,7 +138,10 @@ class Config:
     live: LiveConfig = field(default_factory=LiveConfig)
     rings: RingsConfig = field(default_factory=RingsConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,6 +161,9 @@ class Config:
                 raise ConfigError(f"{origin}: field={section} expected a table found={type(values).__name__}")
             target = getattr(self, section)
             for key, val in values.items():
+                head, dot, rest = key.partition(".")
+                if dot:  # --set strategy.params.qty=0.02: one key of a table field
+                    key, val = head, {rest: val}
                 set_field(target, key, val, f"{origin}: field={section}.{key}")
         self.validate()
 
@@ -139,7 +177,7 @@ class Config:
         if self.source.kind == "replay":
             need(bool(self.source.path), "source.path", "a capture file for kind=replay", self.source.path)
             need(Path(self.source.path).is_file(), "source.path", "an existing file", self.source.path)
-        for name in ("market", "book", "orders"):
+        for name in ("market", "book", "orders", "fills"):
             cap = getattr(self.rings, name)
             need(cap >= 2 and cap & (cap - 1) == 0, f"rings.{name}", "a power of two >= 2", cap)
         need(self.run.duration_s >= 0, "run.duration_s", ">= 0", self.run.duration_s)
@@ -147,7 +185,17 @@ class Config:
         need(self.sim.rate_scale > 0, "sim.rate_scale", "> 0", self.sim.rate_scale)
         need(self.sim.depth_interval_ms >= 0, "sim.depth_interval_ms", ">= 0", self.sim.depth_interval_ms)
         need(len(self.sim.symbols) >= 1, "sim.symbols", "at least one symbol", self.sim.symbols)
-        need(self.strategy.pause_hold_ms >= 0, "strategy.pause_hold_ms", ">= 0", self.strategy.pause_hold_ms)
+        need(bool(self.strategy.name.strip()), "strategy.name", "a dotted path, e.g. mypkg.module:MyStrategy",
+             self.strategy.name)
+        need(self.strategy.equity_interval_ms > 0, "strategy.equity_interval_ms", "> 0",
+             self.strategy.equity_interval_ms)
+        for k, v in self.strategy.params.items():
+            need(isinstance(v, int | float) and not isinstance(v, bool), f"strategy.params.{k}", "a number", v)
+        for name in ("max_position", "max_order_qty", "max_notional", "max_orders_per_s", "max_loss", "stale_ms",
+                     "kill_hold_ms"):
+            need(getattr(self.risk, name) >= 0, f"risk.{name}", ">= 0 (0: off)", getattr(self.risk, name))
+        need(self.risk.max_orders_per_s <= 100000, "risk.max_orders_per_s", "<= 100000", self.risk.max_orders_per_s)
+        need(self.paper.latency_ms >= 0, "paper.latency_ms", ">= 0", self.paper.latency_ms)
         need(self.inference.intra_op_threads >= 1, "inference.intra_op_threads", ">= 1 (0 would take every core)",
              self.inference.intra_op_threads)
         need(self.inference.min_interval_us >= 0, "inference.min_interval_us", ">= 0",
@@ -170,7 +218,10 @@ class Config:
             need(getattr(lv, name) > 0, f"live.{name}", "> 0", getattr(lv, name))
         need(lv.snapshot_min_interval_s >= 0, "live.snapshot_min_interval_s", ">= 0", lv.snapshot_min_interval_s)
         need(not lv.ca_file or Path(lv.ca_file).is_file(), "live.ca_file", "an existing PEM file", lv.ca_file)
-        need(self.strategy.max_position > 0, "strategy.max_position", "> 0", self.strategy.max_position)
+        mc = self.metrics
+        need(0 <= mc.port <= 65535, "metrics.port", "0 (off) or a TCP port 1..65535", mc.port)
+        need(bool(mc.host.strip()), "metrics.host", "an address to bind, e.g. 127.0.0.1", mc.host)
+        need(mc.status in ("auto", "line", "off"), "metrics.status", "auto, line or off", mc.status)
 
 
 def set_field(target: Any, key: str, val: Any, where: str) -> None:
@@ -178,7 +229,10 @@ def set_field(target: Any, key: str, val: Any, where: str) -> None:
     if key not in fields:
         raise ConfigError(f"{where} unknown key; expected one of {sorted(fields)}")
     current = getattr(target, key)
-    if isinstance(current, bool):
+    if isinstance(current, dict):
+        ok = isinstance(val, dict)
+        val = {**current, **val} if ok else val  # a table merges into the one before (file, then --set)
+    elif isinstance(current, bool):
         ok = isinstance(val, bool)
     elif isinstance(current, int):
         ok = isinstance(val, int) and not isinstance(val, bool)

@@ -130,7 +130,8 @@ def host_main(spec: HostSpec) -> None:
             agent = load_agent(name)
             ctx = AgentContext(run=spec.run, run_dir=spec.run_dir, config=config, symbols=spec.symbols,
                                counters=stats[aid]["counters"], hist_hop=state.hist(aid, metrics.HIST_HOP),
-                               hist_e2e=state.hist(aid, metrics.HIST_E2E), log=log)
+                               hist_e2e=state.hist(aid, metrics.HIST_E2E),
+                               hist_aux=state.hist(aid, metrics.HIST_AUX), log=log)
             agent.on_start(ctx)
             agents.append(agent)
         if any(a.SPINS for a in agents):

@@ -14,6 +14,7 @@ Exit status: 0 when the run ends normally (duration, message limit or end of the
 from __future__ import annotations
 
 import contextlib
+import csv
 import multiprocessing as mp
 import os
 import signal
@@ -24,16 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from procs import placement as pl
-from procs import report
+from procs import prom, report, results
 from procs.config import Config
 from procs.host import HostSpec, host_main
+from procs.kernels import engine as E
+from procs.kernels import reasons
 from shm import hdr, metrics, reaper
 from shm.hdr import Histogram
 from shm.metrics import RunState
 from shm.native import lib
-from shm.records import BOOK, FEATURES, MARKET, ORDER, SCORE
+from shm.records import BOOK, FEATURES, FILL, FLAG_POST_ONLY, MARKET, ORDER, PRICE_SCALE, QTY_SCALE, SCORE
 from shm.ring import Board, SpscRing
 from shm.segment import cleanup_dead, new_run_id, remove_run
 
@@ -90,42 +94,95 @@ class _Signals:
 
 
 class OrdersSink:
-    """Drains the strategy's orders ring (until the exchange issue puts a paper exchange there):
-    counts them by action and appends the raw records to `orders.bin` (numpy dtype in summary.json)."""
+    """Drains the strategy's `orders` ring (every order message sent to the paper exchange) into orders.csv
+    and its `fills` ring (every execution report, risk refusals included) into fills.csv, counting both.
+    The formats are in README ("Reading the results"); procs/results.py reads them."""
 
-    def __init__(self, ring: SpscRing, path: Path) -> None:
+    ORDER_COLUMNS = ("exch_ts_ms", "symbol", "tag", "client_order_id", "action", "type", "side", "price", "qty",
+                     "mid_at_decision", "post_only")
+    FILL_COLUMNS = ("exch_ts_ms", "symbol", "tag", "client_order_id", "side", "status", "price", "qty",
+                    "leaves_qty", "fee", "liquidity", "reason", "order_ts_ms", "mid_at_decision")
+
+    def __init__(self, ring: SpscRing, fills: SpscRing | None, run_dir: Path, symbols: list[str]) -> None:
         self.cons = ring.consumer(0)
-        self.file = path.open("wb")
+        self.fcons = fills.consumer(0) if fills is not None else None
+        self.symbols = np.array([*symbols, "?"], dtype=object)
+        self.ofile = (run_dir / "orders.csv").open("w", newline="")
+        self.ffile = (run_dir / "fills.csv").open("w", newline="")
+        self.ow = csv.writer(self.ofile)
+        self.fw = csv.writer(self.ffile)
+        self.ow.writerow(self.ORDER_COLUMNS)
+        self.fw.writerow(self.FILL_COLUMNS)
         self.count = 0
         self.by_action = np.zeros(3, np.int64)
+        self.fills_count = 0
+        self.by_status = np.zeros(len(E.STATUS_NAMES), np.int64)
         self.hop = hdr.new_counts()
         hdr.record_many(self.hop, np.zeros(0, np.int64))  # load the kernel now: ~200 ms at the first order
+
+    def _sym(self, ids: np.ndarray) -> np.ndarray:
+        return self.symbols[np.minimum(ids, len(self.symbols) - 1)]
 
     def drain(self) -> int:
         total = 0
         while True:
             recs = self.cons.read(4096)
             if len(recs) == 0:
-                return total
+                break
             now = lib.tp_now_ns()
             hdr.record_many(self.hop, now - recs["t_publish_ns"])
             self.by_action += np.bincount(recs["action"], minlength=3)[:3]
-            self.file.write(recs.tobytes())
+            sym = self._sym(recs["symbol"])
+            px = recs["price"] / PRICE_SCALE
+            qty = recs["qty"] / QTY_SCALE
+            mid = recs["mid_px"] / PRICE_SCALE
+            for i, r in enumerate(recs):  # the log is background work: plain Python is fine here
+                self.ow.writerow((int(r["exch_ts_ms"]), sym[i], int(r["tag"]), int(r["client_order_id"]),
+                                  _ACTIONS[min(int(r["action"]), 3)], "market" if r["order_type"] else "limit",
+                                  "sell" if r["side"] else "buy", f"{px[i]:.10g}", f"{qty[i]:.10g}", f"{mid[i]:.10g}",
+                                  1 if int(r["flags"]) & FLAG_POST_ONLY else 0))
             self.count += len(recs)
             total += len(recs)
+        while self.fcons is not None:
+            recs = self.fcons.read(4096)
+            if len(recs) == 0:
+                break
+            st = np.minimum(recs["status"], len(E.STATUS_NAMES) - 1)
+            self.by_status += np.bincount(st, minlength=len(E.STATUS_NAMES))[:len(E.STATUS_NAMES)]
+            sym = self._sym(recs["symbol"])
+            px = recs["price"] / PRICE_SCALE
+            qty = recs["qty"] / QTY_SCALE
+            leaves = recs["leaves_qty"] / QTY_SCALE
+            fee = recs["fee"] / PRICE_SCALE
+            mid = recs["mid_px"] / PRICE_SCALE
+            for i, r in enumerate(recs):
+                filled = r["qty"] > 0
+                self.fw.writerow((int(r["exch_ts_ms"]), sym[i], int(r["tag"]), int(r["client_order_id"]),
+                                  "sell" if r["side"] else "buy", E.STATUS_NAMES[st[i]], f"{px[i]:.10g}",
+                                  f"{qty[i]:.10g}", f"{leaves[i]:.10g}", f"{fee[i]:.10g}",
+                                  ("taker" if r["liquidity"] else "maker") if filled else "",
+                                  reasons.name(int(r["reason"])), int(r["order_ts_ms"]), f"{mid[i]:.10g}"))
+            self.fills_count += len(recs)
+            total += len(recs)
+        return total
 
     def close(self) -> None:
-        self.file.close()
+        self.ofile.close()
+        self.ffile.close()
 
 
-def _fmt_us(ns: float) -> str:
-    return "-" if ns <= 0 else (f"{ns / 1e3:.1f}" if ns < 1e7 else f"{ns / 1e6:.0f}k")
+_ACTIONS = ("new", "cancel", "replace", "?")
 
 
 class Launcher:
+    _live: prom.LiveStatus | None = None
+
     def __init__(self, config: Config, *, symbols: list[str], quiet: bool = False,
-                 out: Any = sys.stdout) -> None:
+                 out: Any = sys.stdout, profile: bool = False) -> None:
         self.config = config
+        self.profile = profile  # run.py --profile: py-spy per stage and perf over the run (profiling/flame.py)
+        self.profiler: Any = None
+        self.doctor: dict[str, Any] | None = None
         self.symbols = symbols
         self.quiet = quiet
         self.out = out
@@ -153,6 +210,7 @@ class Launcher:
         state: RunState | None = None
         rings: list[Any] = []
         sink: OrdersSink | None = None
+        exporter: prom.Exporter | None = None
         try:
             cfg = self.config
             n_sym = len(self.symbols)
@@ -160,13 +218,30 @@ class Launcher:
             market = SpscRing.create(self.run, "market", MARKET, cfg.rings.market)
             book = SpscRing.create(self.run, "book", BOOK, cfg.rings.book)
             orders = SpscRing.create(self.run, "orders", ORDER, cfg.rings.orders)
+            fills = SpscRing.create(self.run, "fills", FILL, cfg.rings.fills)
             features = Board.create(self.run, "features", FEATURES, n_sym)
             scores = Board.create(self.run, "scores", SCORE, n_sym)
-            rings = [market, book, orders, features, scores]
+            rings = [market, book, orders, features, scores, fills]
             for r in (market, book):
                 r.enable_park()
-            sink = OrdersSink(orders, self.run_dir / "orders.bin")
+            sink = OrdersSink(orders, fills, self.run_dir, self.symbols)
+            self._view = prom.view_of(state, self.agents, self.groups, self.symbols, rings, sink,
+                                      {"run": self.run, "source": self._source_text(),
+                                       "placement": pl.format_placement(self.groups)}, lib.tp_now_ns)
+            if cfg.metrics.port:  # the exporter reads shared memory in its own (niced) scrape threads
+                try:
+                    exporter = prom.Exporter(self._view, cfg.metrics.host, cfg.metrics.port)
+                except OSError as exc:
+                    raise RunError(f"metrics: cannot serve on {cfg.metrics.host}:{cfg.metrics.port}: {exc}") from None
+                self.say(f"tickpipe: Prometheus metrics on {exporter.url}")
             ctx = mp.get_context("spawn")  # a fresh interpreter per stage: no inherited locks or threads
+            self._run_doctor()
+            target: Any = host_main
+            if self.profile:
+                from profiling.flame import Profiler
+                from profiling.perfmap import profiled_host_main
+
+                self.profiler, target = Profiler(self.run_dir), profiled_host_main  # stages write perf maps
             # only processes that may spin count: background agents (inference) sleep between passes
             n_proc = sum(any(agent_class(a).SPINS for a in g.agents) for g in self.groups)
             self.say(f"tickpipe: run {self.run} → {self.run_dir}")
@@ -178,13 +253,17 @@ class Launcher:
                                 symbols=self.symbols, wait=cfg.run.wait, n_spinning=n_proc,
                                 parent_pid=os.getpid(), log_path=str(self.run_dir / "stages.log"),
                                 realtime=cfg.run.realtime)
-                p = ctx.Process(target=host_main, args=(spec,), name="tickpipe-" + "+".join(g.agents), daemon=False)
+                p = ctx.Process(target=target, args=(spec,), name="tickpipe-" + "+".join(g.agents), daemon=False)
                 p.start()
                 procs.append((g, p))
             with _Signals() as sigs:
                 return self._supervise(state, procs, rings, sink, sigs)
         finally:
+            if exporter is not None:
+                exporter.stop()  # before the segments it reads are unmapped
             self._stop_children(state, procs)
+            if self.profiler is not None:
+                self.profiler.stop()
             if sink is not None:
                 sink.close()
             for r in rings:
@@ -233,6 +312,8 @@ class Launcher:
                                     f"{not_ready}", t_go=None)
             time.sleep(0.01)
         self.say(f"tickpipe: all stages ready in {time.monotonic() - t0:.1f} s; go")
+        if self.profiler is not None:
+            self.profiler.start({"+".join(g.agents): p.pid for g, p in procs}, os.getpid())
         t_go = lib.tp_now_ns()
         ctl["t_go_ns"] = t_go
         ctl["go"] = 1
@@ -275,6 +356,8 @@ class Launcher:
     def _finish(self, state: RunState, rings: list, sink: OrdersSink, code: int, reason: str, *,
                 t_go: int | None, procs: list | None = None) -> Outcome:
         ctl = state.ctl
+        if self._live is not None:
+            self._live.end()  # a status line rewritten in place needs its newline
         if t_go is not None and code != 1:
             ctl["drain"] = 1  # sources first; the others empty the rings
             market, book = rings[0], rings[1]
@@ -334,9 +417,18 @@ class Launcher:
                     return f"{'+'.join(g.agents)} (pid {p.pid}, failed)"
         return ""
 
+    def _run_doctor(self) -> None:
+        """The host checks (procs/doctor.py, ~0.1 s, no privileges needed) for summary.json and report.html."""
+        try:
+            from procs import doctor
+
+            self.doctor = doctor.as_dict(doctor.run_checks(placement=self.config.run.placement, config=self.config))
+        except Exception as e:  # a run must not fail because the doctor could not read the host
+            self.doctor = {"verdict": f"doctor failed: {e!r}", "exit_code": None, "checks": []}
+
     # -- histograms, counters -------------------------------------------------------------------
     def _hist_names(self) -> list[str]:
-        return [f"{a}.{k}" for a in self.agents for k in ("hop", "e2e")]
+        return [f"{a}.{k}" for a in self.agents for k in ("hop", "e2e", agent_class(a).AUX_HIST) if k]
 
     def _hist_counts(self, state: RunState) -> dict[str, np.ndarray]:
         out = {}
@@ -344,27 +436,28 @@ class Launcher:
             i = self.ids[a]
             out[f"{a}.hop"] = state.hist(i, metrics.HIST_HOP).copy()
             out[f"{a}.e2e"] = state.hist(i, metrics.HIST_E2E).copy()
+            aux = agent_class(a).AUX_HIST
+            if aux:
+                out[f"{a}.{aux}"] = state.hist(i, metrics.HIST_AUX).copy()
         return out
 
     def _counter_snapshot(self, stats: np.ndarray) -> dict[str, np.ndarray]:
         return {a: stats[self.ids[a]]["counters"].copy() for a in self.agents}
 
     def _status(self, stats: np.ndarray, state: RunState, elapsed: float) -> None:
-        if self.quiet:
+        """The live status line (procs.prom.LiveStatus): off with --quiet, and unless stdout is a TTY or
+        metrics.status = "line"; tick-to-decision percentiles over the last interval only."""
+        if self._live is None:
+            self._live = prom.LiveStatus(self.out, "off" if self.quiet else self.config.metrics.status)
+        if not self._live.enabled:
             return
-        now = time.monotonic()
-        cur = self._counter_snapshot(stats)
-        dt = max(now - self._prev_t, 1e-9)
-        f, b, s = cur["feed"], cur["book"], cur["strategy"]
-        pf, pb, ps = self._prev["feed"], self._prev["book"], self._prev["strategy"]
-        t2d = Histogram(state.hist(self.ids["strategy"], metrics.HIST_E2E).copy())
-        late = Histogram(state.hist(self.ids["feed"], metrics.HIST_HOP).copy())
-        inf = cur["inference"]
-        self.say(f"[{elapsed:6.1f}s] feed {(f[0] - pf[0]) / dt:8.0f} msg/s  book {(b[2] - pb[2]) / dt:8.0f} upd/s  "
-                 f"strategy {(s[0] - ps[0]) / dt:8.0f} upd/s  orders {s[1]:7d}  scores {inf[1]:6d}  "
-                 f"tick→decision p50 {_fmt_us(t2d.percentile(50))} p99 {_fmt_us(t2d.percentile(99))} µs  "
-                 f"feed late p99 {_fmt_us(late.percentile(99))} µs")
-        self._prev, self._prev_t = cur, now
+        try:
+            e2e = state.hist(self.ids["strategy"], metrics.HIST_E2E).copy()
+            self._live.update(prom.StatusSample(time.monotonic(), self._view.counters(), e2e,
+                                                self._view.ring_fill()), elapsed)
+        except Exception as exc:  # a status line must never end a run
+            self._live.enabled = False
+            self.say(f"tickpipe: status line off after an error: {exc!r}")
 
     def _report(self, state: RunState, counts: dict[str, np.ndarray], sink: OrdersSink, code: int, reason: str,
                 seconds: float) -> dict[str, Any]:
@@ -372,7 +465,7 @@ class Launcher:
         labels = {"feed.hop": "feed.lateness", "feed.e2e": None, "book.hop": "feed→book",
                   "book.e2e": "origin→book", "strategy.hop": "book→strategy",
                   "strategy.e2e": "tick_to_decision", "inference.hop": "book→inference",
-                  "inference.e2e": "origin→score"}
+                  "inference.e2e": "origin→score", "strategy.decision": "strategy.decision"}
         hists = {labels[k]: Histogram(v) for k, v in counts.items() if labels.get(k)}
         hists["orders.sink_poll"] = Histogram(sink.hop)
         counters = {}
@@ -381,7 +474,9 @@ class Launcher:
             row = stats[self.ids[a]]["counters"]
             counters[a] = {n: int(row[i]) for i, n in enumerate(names)}
         counters["orders_sink"] = {"received": sink.count, "new": int(sink.by_action[0]),
-                                   "cancel": int(sink.by_action[1]), "replace": int(sink.by_action[2])}
+                                   "cancel": int(sink.by_action[1]), "replace": int(sink.by_action[2]),
+                                   "reports": sink.fills_count,
+                                   **{f"reports_{n}": int(sink.by_status[i]) for i, n in enumerate(E.STATUS_NAMES)}}
         rates = {"seconds": seconds,
                  "messages_per_s": counters["feed"].get("messages_out", 0) / max(seconds, 1e-9),
                  "records_per_s": counters["feed"].get("records_out", 0) / max(seconds, 1e-9),
@@ -390,17 +485,28 @@ class Launcher:
         meta = {"run": self.run, "exit_code": code, "stop_reason": reason, "source": self._source_text(),
                 "symbols": self.symbols, "placement": pl.format_placement(self.groups), "wait": self.config.run.wait,
                 "config": self.config.to_dict(), "host": _host_info(),
-                "orders_file": {"path": "orders.bin", "dtype": ORDER.dtype.descr, "records": sink.count},
+                "orders_file": {"path": "orders.csv", "records": sink.count},
+                "fills_file": {"path": "fills.csv", "records": sink.fills_count},
                 "stages": {a: {"pid": int(stats[self.ids[a]]["pid"]), "cpu": int(stats[self.ids[a]]["cpu"]),
                                "state": metrics.STATE_NAMES.get(int(stats[self.ids[a]]["state"]), "?"),
                                "loops": int(stats[self.ids[a]]["loops"]), "parks": int(stats[self.ids[a]]["parks"])}
                            for a in self.agents}}
         if self.config.source.kind == "sim":
             meta["labels_file"] = "labels.jsonl"
+        meta["doctor"] = self.doctor
+        if self.profiler is not None:  # the stages have exited: the profilers write their output now
+            meta["profile"] = self.profiler.finish()
+        strat_file = self.run_dir / "strategy.json"
+        if strat_file.is_file():  # written by the strategy stage at close: name, params, sleeves, refusals
+            with contextlib.suppress(ValueError, OSError):
+                meta["strategy"] = orjson.loads(strat_file.read_bytes())
         summary = report.write_report(self.run_dir, hists=hists, counters=counters, meta=meta, rates=rates)
+        res = self._results()
         self.say("")
         self.say(report.percentile_table(hists))
         self.say("")
+        for line in _results_lines(res):
+            self.say(line)
         f = counters["feed"]
         bk = counters["book"]
         self.say(f"messages {f.get('messages_out', 0)} ({rates['messages_per_s']:.0f}/s), records "
@@ -413,8 +519,42 @@ class Launcher:
                      f"{f.get('live_snapshots_received', 0)} ({f.get('live_snapshot_failures', 0)} failed), "
                      f"out of sync {f.get('live_stale_ms', 0) / 1e3:.1f} symbol-s, bad frames "
                      f"{f.get('live_bad_frames', 0)}")
-        self.say(f"report: {self.run_dir}/ (summary.json, percentiles.txt, latency.png, hlog/)")
+        self.say(f"report: {self.run_dir}/ (report.html, summary.json, percentiles.txt, latency.png, hlog/; "
+                 f"results.txt, fills.csv, equity.png)")
         return summary
+
+    def _results(self) -> dict[str, Any]:
+        """The strategy's results (procs/results.py) from the files the run wrote; report.html again with them."""
+        try:
+            res = results.write(self.run_dir)
+        except Exception as exc:  # results are post-processing: a bug there must not lose the latency report
+            self.say(f"tickpipe: strategy results failed: {exc!r}")
+            return {}
+        with contextlib.suppress(Exception):
+            report.write_html(self.run_dir, orjson.loads((self.run_dir / "summary.json").read_bytes()))
+        return res
+
+
+@report.register_section
+def _results_html(summary: dict, folder: Path) -> str:
+    """report.html's strategy section, once results.write has run (the second pass of report.html)."""
+    return results.html_fragment(folder) if (Path(folder) / "results.json").is_file() else ""
+
+
+def _results_lines(res: dict[str, Any]) -> list[str]:
+    """One line per sleeve: P&L, fills, slippage (results.txt has the full tables)."""
+    out = []
+    for tag, t in sorted(res.get("tags", {}).items()):
+        o = t.get("overall", {})
+        pnl = o.get("pnl") or {}
+        slip = (o.get("slippage_bps") or {}).get("all", {}).get("mean")
+        rate = (o.get("fill_rate") or {}).get("order_ratio")
+        out.append(f"sleeve {t.get('name', tag)}: equity {pnl.get('equity') or 0.0:,.2f} (realised "
+                   f"{pnl.get('realized') or 0.0:,.2f}, unrealised {pnl.get('unrealized') or 0.0:,.2f}, fees "
+                   f"{o.get('fees') or 0.0:,.2f}), fills {o.get('fills', 0)}, order fill rate "
+                   f"{'-' if rate is None else f'{100 * rate:.0f}%'}, slippage "
+                   f"{'-' if slip is None else f'{slip:+.2f} bps'} vs mid at decision")
+    return out
 
 
 def _parse_errors(feed: dict[str, int]) -> int:

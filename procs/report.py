@@ -1,4 +1,4 @@
-"""A run's latency report: summary.json, percentiles.txt, latency.png and per-histogram .hlog interval logs.
+"""A run's latency report: summary.json, percentiles.txt, latency.png, report.html and .hlog interval logs.
 
 How to read it (what each hop measures is in README):
 
@@ -11,12 +11,18 @@ How to read it (what each hop measures is in README):
 - hlog/<name>.hlog holds one interval histogram per snapshot (the delta since the previous one), in the
   standard HdrHistogram log format: HistogramLogProcessor, HdrHistogramVisualizer or hdrh read them.
 
-CLI: `python -m procs.report RUN_DIR` prints meta, counters and the table; `--hlog NAME` prints a log's intervals.
+CLI: `python -m procs.report RUN_DIR` prints meta, counters and the table; `--hlog NAME` prints a log's intervals;
+`--html` rewrites report.html from summary.json.
+
+report.html gathers the table, the plot (embedded), the flame graphs (linked SVGs), the counters and the
+doctor's verdict; `results_section` and `register_section` are where other modules add theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import logging
 import math
 import re
@@ -268,7 +274,151 @@ def write_report(folder: str | Path, *, hists: dict[str, Histogram], counters: d
     except Exception:
         log.warning("latency plot %s failed; the rest of the report is written", folder / "latency.png",
                     exc_info=True)
+    try:
+        write_html(folder, summary)
+    except Exception:
+        log.warning("report.html in %s failed; the rest of the report is written", folder, exc_info=True)
     return summary
+
+
+# -- report.html ----------------------------------------------------------------------------------
+#: Extra sections for report.html: functions (summary, run folder) -> an HTML fragment ("" for none),
+#: appended after the built-in sections. Modules add theirs with `register_section`.
+SECTIONS: list[Any] = []
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;color:#222;
+padding:0 1em}h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.meta td{text-align:left}
+.ok{background:#e5f5e5}.warn{background:#fff4d6}.bad{background:#fbdcdc}.fix{font-size:.85em;color:#444}
+img,object{max-width:100%;border:1px solid #ddd}.note{color:#666;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}
+td.left{text-align:left}"""
+
+
+def register_section(fn: Any) -> Any:
+    """Add `fn(summary, folder) -> str` (an HTML fragment) to every report.html written after this call."""
+    if fn not in SECTIONS:
+        SECTIONS.append(fn)
+    return fn
+
+
+def results_section(summary: dict) -> str:
+    """Strategy results (P&L, fills, ...) as an HTML fragment: the hook for the paper exchange's report."""
+    return ""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """Rows are already-escaped HTML cells."""
+    out = [f'<table class="{cls}">' if cls else "<table>",
+           "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows]
+    return "\n".join([*out, "</table>"])
+
+
+def _percentiles_html(summary: dict) -> str:
+    cols = ("count", *PCT_KEYS, "max")
+    rows = [[_e(name), _e(s.get("count", 0)), *(_e(fmt_ns(s.get(k))) for k in cols[1:])]
+            for name, s in (summary.get("histograms") or {}).items()]
+    return "<h2>Latency percentiles</h2>" + _table(["name", *cols], rows)
+
+
+def _plot_html(folder: Path) -> str:
+    png = folder / "latency.png"
+    if not png.is_file():
+        return "<h2>Latency plot</h2><p class=note>latency.png was not written (see the run's log).</p>"
+    data = base64.b64encode(png.read_bytes()).decode()  # embedded: the page stays readable when copied alone
+    return ("<h2>Latency plot</h2><p class=note>x: percentile, each decade right is one more nine; y: latency "
+            f'(µs, log). A line bending up at the right is a tail.</p><img alt="latency by percentile" '
+            f'src="data:image/png;base64,{data}">')
+
+
+def _counters_html(summary: dict) -> str:
+    parts = ["<h2>Counters</h2>"]
+    for stage, row in (summary.get("counters") or {}).items():
+        if isinstance(row, dict) and row:
+            parts.append(f"<h3>{_e(stage)}</h3>" + _table(["counter", "value"],
+                                                          [[_e(k), _e(f"{v:,}" if isinstance(v, int) else v)]
+                                                           for k, v in row.items()]))
+    rates = summary.get("rates") or {}
+    if rates:
+        parts.append("<h3>rates</h3>" + _table(["rate", "value"], [[_e(k), _e(f"{v:,.1f}" if isinstance(v, float)
+                                                                              else v)] for k, v in rates.items()]))
+    return "\n".join(parts)
+
+
+def _meta_html(summary: dict) -> str:
+    meta = summary.get("meta") or {}
+    keys = ("run", "exit_code", "stop_reason", "source", "symbols", "placement", "wait")
+    rows = [[_e(k), _e(meta[k] if not isinstance(meta[k], list) else ", ".join(map(str, meta[k])))]
+            for k in keys if k in meta]
+    host = meta.get("host") or {}
+    if host:
+        rows.append(["host", _e(", ".join(f"{k}={v}" for k, v in host.items()))])
+    stages = meta.get("stages") or {}
+    rows += [[_e(f"stage {a}"), _e(", ".join(f"{k}={v}" for k, v in st.items()))] for a, st in stages.items()]
+    return _table(["", ""], rows, "meta")
+
+
+def _flame_html(summary: dict, folder: Path) -> str:
+    prof = (summary.get("meta") or {}).get("profile")
+    if not prof:
+        return ("<h2>Flame graphs</h2><p class=note>Not taken for this run: <code>python run.py --profile</code> "
+                "writes them.</p>")
+    parts = ["<h2>Flame graphs</h2><p class=note>x: share of samples (not time order), y: stack depth, the top "
+             "edge is the function on CPU. Hover a frame for its sample count; open the SVG alone to zoom.</p>"]
+    pics = [(f"py-spy --native: stage {label}", rel) for label, rel in (prof.get("py_spy") or {}).items()]
+    if prof.get("perf"):
+        pics.append(("perf record -g -e cpu-clock: whole run (numba JIT frames in blue as numba:...)", prof["perf"]))
+    for title, rel in pics:
+        if (folder / rel).is_file():  # relative: py-spy's SVGs are interactive, <object> keeps their script
+            parts.append(f'<h3>{_e(title)}</h3><object type="image/svg+xml" data="{_e(rel)}"></object>'
+                         f'<p class=note><a href="{_e(rel)}">{_e(rel)}</a></p>')
+    for note in prof.get("notes") or []:
+        parts.append(f"<p class=note>{_e(note)}</p>")
+    return "\n".join(parts)
+
+
+def _doctor_html(summary: dict) -> str:
+    doc = (summary.get("meta") or {}).get("doctor")
+    if not doc:
+        return ""
+    rows = []
+    for c in doc.get("checks") or []:
+        status = c.get("status", "")
+        fix = f'<div class=fix>fix: {_e(c["fix"])}</div>' if c.get("fix") else ""
+        rows.append(f'<tr class="{_e(status)}"><td>{_e(status)}</td><td>{_e(c.get("name"))}</td>'
+                    f'<td class="left">{_e(c.get("found"))}{fix}</td></tr>')
+    return (f"<h2>Host (doctor)</h2><p><b>{_e(doc.get('verdict'))}</b> (<code>python run.py --doctor</code> "
+            "prints the same checks)</p><table><tr><th>status</th><th>check</th><th>found / fix</th></tr>"
+            + "\n".join(rows) + "</table>")
+
+
+def render_html(summary: dict, folder: str | Path) -> str:
+    """report.html's text: meta, percentile table, plot, flame graphs, counters, doctor, results, extras."""
+    folder = Path(folder)
+    meta = summary.get("meta") or {}
+    sections = [_meta_html(summary), _percentiles_html(summary), _plot_html(folder), results_section(summary),
+                _flame_html(summary, folder), _counters_html(summary), _doctor_html(summary)]
+    for fn in SECTIONS:
+        try:
+            sections.append(fn(summary, folder))
+        except Exception:
+            log.warning("report section %r failed", fn, exc_info=True)
+    title = f"tickpipe run {meta.get('run', folder.name)}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n<h1>{_e(title)}</h1>\n" + "\n".join(s for s in sections if s)
+            + "\n</body></html>\n")
+
+
+def write_html(folder: str | Path, summary: dict) -> Path:
+    """Write report.html (self-contained but for the flame graph SVGs, linked by relative path)."""
+    path = Path(folder) / "report.html"
+    path.write_text(render_html(summary, folder), encoding="utf-8")
+    return path
 
 
 # -- CLI -------------------------------------------------------------------------------------------
@@ -348,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run folder written by run.py")
     ap.add_argument("--hlog", metavar="NAME",
                     help="histogram name (e.g. strategy.e2e) or file stem under RUN_DIR/hlog/ to print per interval")
+    ap.add_argument("--html", action="store_true", help="write RUN_DIR/report.html again from summary.json")
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
@@ -371,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     except orjson.JSONDecodeError as e:
         print(f"report: {path} is not valid JSON: {e}", file=sys.stderr)
         return 2
+    if args.html:
+        print(write_html(run_dir, summary))
+        return 0
     print(format_summary(summary))
     return 0
 

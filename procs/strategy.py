@@ -1,25 +1,38 @@
-"""strategy: BOOK records + the newest SCORE per symbol → ORDER records.
+"""strategy: BOOK records + the newest SCORE per symbol → the user's strategy → risk → paper exchange →
+ORDER and FILL records.
 
-One `do_work()` is one C call into a jitted step: peek a batch of book updates, read each symbol's
-newest score from the scores board (seqlock, never torn), run the cached decision kernel
-(procs/kernels/strategy.py), publish the orders, record the hop latency and tick-to-decision
-(t_origin_ns → orders published), release the batch.
+One `do_work()` is one C call into a compiled step (procs/kernels/cstep.py): peek a batch of book
+updates; for each, read the symbol's newest score from the scores board (seqlock, never torn) and run
+the engine (procs/kernels/engine.py): paper exchange, reports to `on_fill`, kill switch and max-loss
+halt, then the strategy's callbacks, whose orders pass the risk checks into the paper exchange. Then
+publish the staged orders (`orders` ring) and execution reports (`fills` ring), record the hop, the
+tick-to-decision and the decision latency (the step taking the record → its orders published), release
+the batch. The strategy class comes from `strategy.name` (a dotted path); see procs/api.py.
+
+Files it writes into the run folder: equity.csv (position, cash, fees, P&L per symbol and sleeve every
+`strategy.equity_interval_ms` of exchange time), strategy.json (name, params, sleeves, refusals by
+reason), and whatever the strategy's `close()` writes (e.g. parents.csv).
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import orjson
 from numba import cfunc
 
 from procs.agent import AgentContext, StepAgent
-from procs.kernels import cstep
-from procs.kernels import strategy as sk
-from procs.kernels.cstep import STEP_SIG, V1_F8, V1_I8, V2_I8, Pack
+from procs.api import Strategy, load_strategy
+from procs.kernels import cstep, paper
+from procs.kernels import engine as E
+from procs.kernels import reasons as R
+from procs.kernels.cstep import STEP_SIG, V1_I8, V2_F8, V2_I8, Pack
 from shm import hdr
 from shm import nbops as tp
-from shm.records import BOOK, ORDER, QTY_SCALE, SCORE
+from shm.records import BOOK, FILL, ORDER, SCORE
 from shm.ring import Board, SpscRing
 
 #: Book updates taken per step.
@@ -28,21 +41,58 @@ BATCH = 128
 C_BOOKS_IN = 0
 C_ORDERS_OUT = 1
 C_ORDERS_DROPPED = 2
-C_STEPS = 3
-N_STEP_COUNTERS = 4
+C_FILLS_OUT = 3
+C_FILLS_DROPPED = 4
+C_STEPS = 5
+N_STEP_COUNTERS = 6
+
+#: engine globals exported as counters, in COUNTERS order after the step's own
+_G_EXPORT = (("decisions", E.G_DECIDED), ("new", E.G_NEW), ("cancels", E.G_CANCELS), ("replaces", E.G_REPLACES),
+             ("rejects", E.G_REJECTS), ("fills", E.G_FILLS), ("kills", E.G_KILLS), ("halted", E.G_HALTED),
+             ("flattens", E.G_FLATTENS), ("out_full", E.G_OUT_FULL))
+#: refusals exported one counter per common reason; the rest are summed in rejects_other
+_REJ_EXPORT = (("rejects_max_position", R.MAX_POSITION), ("rejects_max_order_size", R.MAX_ORDER_SIZE),
+               ("rejects_max_notional", R.MAX_NOTIONAL), ("rejects_rate_limit", R.RATE_LIMIT),
+               ("rejects_max_loss", R.MAX_LOSS_HALTED), ("rejects_stale_book", R.STALE_BOOK),
+               ("rejects_kill_switch", R.KILL_SWITCH))
 
 V_BOOK = cstep.view1(BOOK.dtype)
 V_ORDER = cstep.view1(ORDER.dtype)
+V_FILL = cstep.view1(FILL.dtype)
 V_SCORE = cstep.view1(SCORE.dtype)
+V_OO = cstep.view1(E.OO_DTYPE)
+V1_F8 = cstep.V1_F8
 
 
-def build_step(ix: dict[str, int]) -> Callable:
-    i_b, i_o, i_s, i_batch = ix["b_addr"], ix["o_addr"], ix["s_addr"], ix["batch"]
-    i_slots, i_mask, i_scores, i_has = ix["b_slots"], ix["b_mask"], ix["scores"], ix["has"]
-    i_st, i_par, i_g, i_out = ix["state"], ix["params"], ix["glob"], ix["out"]
-    i_hop, i_e2e, i_ctr = ix["hop"], ix["e2e"], ix["ctr"]
+def _callbacks(cls: type[Strategy]) -> tuple:
+    """The class's callbacks, the engine's no-ops for the ones it does not define."""
+    def get(name: str, default: Callable) -> Callable:
+        f = getattr(cls, name, None)
+        return default if f is None else f
+
+    return (get("on_book", E.noop_book), get("on_trade", E.noop_trade), get("on_score", E.noop_score),
+            get("on_fill", E.noop_fill), get("on_timer", E.noop_timer))
+
+
+def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
+    """The step cfunc for one strategy class: the callbacks are compiled into it."""
+    on_book, on_trade, on_score, on_fill, on_timer = _callbacks(type(strategy))
+    v_params = cstep.view1(strategy.params_array().dtype)
+    v_state = cstep.view1(strategy.state_array(1).dtype)
+    v_xorders = cstep.view1(paper.alloc(1, 1, 1)[0].dtype)
+    v_xmsgs = cstep.view1(paper.alloc(1, 1, 1)[1].dtype)
+    Ctx = E.Ctx
+    i_b, i_o, i_f, i_s, i_batch = ix["b_addr"], ix["o_addr"], ix["f_addr"], ix["s_addr"], ix["batch"]
+    i_slots, i_mask = ix["b_slots"], ix["b_mask"]
+    i_p, i_st, i_books, i_scores, i_has = ix["params"], ix["state"], ix["books"], ix["scores"], ix["has"]
+    i_acct, i_oo, i_g, i_rej, i_rp, i_rs = ix["acct"], ix["oo"], ix["g"], ix["rej"], ix["rp"], ix["rs"]
+    i_rate, i_out, i_fills, i_eq = ix["rate"], ix["out"], ix["fills"], ix["eq"]
+    i_xo, i_xm, i_xg, i_xp = ix["x_orders"], ix["x_msgs"], ix["x_glob"], ix["x_params"]
+    i_hop, i_e2e, i_dec, i_ctr = ix["hop"], ix["e2e"], ix["dec"], ix["ctr"]
     order_size = ORDER.size
+    fill_size = FILL.size
     score_size = SCORE.size
+    g_n_out, g_n_fill, g_delivered, g_decided = E.G_N_OUT, E.G_N_FILL, E.G_DELIVERED, E.G_DECIDED
 
     @cfunc(STEP_SIG)
     def step(d):  # type: ignore[no-untyped-def]
@@ -50,39 +100,58 @@ def build_step(ix: dict[str, int]) -> Callable:
         k = tp.peek(b_addr, 0, d[i_batch])
         if k == 0:
             return 0
+        t_in = tp.now_ns()
         slots = V_BOOK(d, i_slots)
         mask = d[i_mask]
         pos = tp.cons_pos(b_addr, 0)
-        scores = V_SCORE(d, i_scores)
-        has = V1_I8(d, i_has)
-        st = V2_I8(d, i_st)
-        params = V1_F8(d, i_par)
         g = V1_I8(d, i_g)
-        out = V_ORDER(d, i_out)
-        n_sym = st.shape[0]
+        has = V1_I8(d, i_has)
+        ctx = Ctx(v_params(d, i_p)[0], v_state(d, i_st), V_BOOK(d, i_books), V_SCORE(d, i_scores), has,
+                  V2_F8(d, i_acct), V_OO(d, i_oo), g, V1_I8(d, i_rej), V1_F8(d, i_rp), V2_I8(d, i_rs),
+                  V1_I8(d, i_rate), V_ORDER(d, i_out), V_FILL(d, i_fills), V2_F8(d, i_eq), v_xorders(d, i_xo),
+                  v_xmsgs(d, i_xm), V1_I8(d, i_xg), V1_F8(d, i_xp))
         s_addr = d[i_s]
-        n = 0
+        decided = 0
         for i in range(k):
             b = slots[(pos + i) & mask]
             s = b.symbol
             if s >= n_sym:
                 continue
             has[s] = tp.board_read(s_addr, s, d[i_scores] + s * score_size)
-            n = sk.decide(b, scores[s], has[s] > 0, st, params, g, out, n)
+            n0 = g[g_n_out]
+            E.process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer)
+            if g[g_n_out] > n0:
+                decided += 1
         now = tp.now_ns()
         ctr = V1_I8(d, i_ctr)
+        n = g[g_n_out]
         if n:
+            out = ctx.out
             for j in range(n):
                 out[j].t_publish_ns = now
             written = tp.write(d[i_o], d[i_out], n, order_size)
             ctr[C_ORDERS_OUT] += written
             ctr[C_ORDERS_DROPPED] += n - written
+        nf = g[g_n_fill]
+        if nf:
+            fills = ctx.fills
+            for j in range(nf):
+                fills[j].t_publish_ns = now
+            written = tp.write(d[i_f], d[i_fills], nf, fill_size)
+            ctr[C_FILLS_OUT] += written
+            ctr[C_FILLS_DROPPED] += nf - written
+        g[g_n_out] = 0
+        g[g_n_fill] = 0
+        g[g_delivered] = 0
+        g[g_decided] += decided
         hop = V1_I8(d, i_hop)
         e2e = V1_I8(d, i_e2e)
         for i in range(k):
             b = slots[(pos + i) & mask]
             hdr.record(hop, now - b.t_publish_ns)
             hdr.record(e2e, now - b.t_origin_ns)  # tick to decision: acted on, orders out
+        if decided:
+            hdr.record_n(V1_I8(d, i_dec), now - t_in, decided)  # book record taken → its orders published
         tp.release(b_addr, 0, k)
         ctr[C_BOOKS_IN] += k
         ctr[C_STEPS] += 1
@@ -91,48 +160,116 @@ def build_step(ix: dict[str, int]) -> Callable:
     return step
 
 
+def make_strategy(ctx_config: object, symbols: list[str]) -> Strategy:
+    cfg = ctx_config.strategy  # type: ignore[attr-defined]
+    cls = load_strategy(cfg.name)
+    return cls(dict(cfg.params), symbols)
+
+
+def risk_vector(config: object, strategy: Strategy) -> np.ndarray:
+    rk = config.risk  # type: ignore[attr-defined]
+    return E.risk_params(max_position=rk.max_position, max_order_qty=rk.max_order_qty,
+                         max_notional=rk.max_notional, max_orders_per_s=rk.max_orders_per_s,
+                         max_loss=rk.max_loss, stale_ms=rk.stale_ms, kill_switch=rk.kill_switch,
+                         kill_hold_ms=rk.kill_hold_ms, kill_flatten=rk.kill_flatten,
+                         latency_ms=config.paper.latency_ms,  # type: ignore[attr-defined]
+                         timer_ms=type(strategy).TIMER_MS,
+                         equity_interval_ms=config.strategy.equity_interval_ms)  # type: ignore[attr-defined]
+
+
 class StrategyAgent(StepAgent):
     BATCH = BATCH  # the step's batch: do_work takes more while they come full
     name = "strategy"
-    COUNTERS = ("books_in", "orders_out", "orders_dropped", "steps", "decisions", "invalid_book", "pauses",
-                "orders", "no_score")
+    AUX_HIST = "decision"
+    COUNTERS = ("books_in", "orders_out", "orders_dropped", "fills_out", "fills_dropped", "steps",
+                *(n for n, _ in _G_EXPORT), *(n for n, _ in _REJ_EXPORT), "rejects_other")
 
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
-        cfg = ctx.config.strategy
+        cfg = ctx.config
         n_sym = len(ctx.symbols)
+        self.strategy = make_strategy(cfg, ctx.symbols)
         self.books = SpscRing.attach(ctx.run, "book", BOOK)
         self.cons = self.books.consumer(0, parks=True)
         self.orders = SpscRing.attach(ctx.run, "orders", ORDER)
         self.prod = self.orders.producer()  # registers this process as the writer; the step writes in C
+        self.fills = SpscRing.attach(ctx.run, "fills", FILL)
+        self.fprod = self.fills.producer()
         self.scores = Board.attach(ctx.run, "scores", SCORE)
-        self.state, self.glob = sk.alloc(n_sym)
-        params = sk.params_from(cfg.spread_bps, cfg.skew_bps, round(cfg.order_qty * QTY_SCALE),
-                                round(cfg.max_position * QTY_SCALE), cfg.requote_bps,
-                                cfg.pause_hold_ms)
+        pp = paper.params_from(cfg.paper.latency_ms, cfg.paper.maker_fee_bps, cfg.paper.taker_fee_bps)
+        self.core = E.Core(n_sym, risk_vector(cfg, self.strategy), pp)
+        self.params = self.strategy.params_array()
+        self.state = self.strategy.state_array(n_sym)
+        self._eq_path = Path(ctx.run_dir) / "equity.csv"
+        self._eq_file = self._eq_path.open("w", newline="")
+        self._eq = csv.writer(self._eq_file)
+        self._eq.writerow(E.EQ_COLUMNS)
+        c = self.core
         pack = Pack()
         ix = {
             "b_addr": pack.scalar(self.books.addr), "o_addr": pack.scalar(self.orders.addr),
-            "s_addr": pack.scalar(self.scores.addr), "batch": pack.scalar(BATCH),
-            "b_slots": pack.add(self.books.slots), "b_mask": pack.scalar(self.books.mask),
-            "scores": pack.add(np.zeros(n_sym, SCORE.dtype)), "has": pack.add(np.zeros(n_sym, np.int64)),
-            "state": pack.add(self.state), "params": pack.add(params), "glob": pack.add(self.glob),
-            "out": pack.add(np.zeros(2 * BATCH, ORDER.dtype)),
-            "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e),
+            "f_addr": pack.scalar(self.fills.addr), "s_addr": pack.scalar(self.scores.addr),
+            "batch": pack.scalar(BATCH), "b_slots": pack.add(self.books.slots), "b_mask": pack.scalar(self.books.mask),
+            "params": pack.add(self.params), "state": pack.add(self.state), "books": pack.add(c.books),
+            "scores": pack.add(c.scores), "has": pack.add(c.has_score), "acct": pack.add(c.acct),
+            "oo": pack.add(c.oo), "g": pack.add(c.g), "rej": pack.add(c.rej), "rp": pack.add(c.rp),
+            "rs": pack.add(c.rs), "rate": pack.add(c.rate), "out": pack.add(c.out), "fills": pack.add(c.fills),
+            "eq": pack.add(c.eq), "x_orders": pack.add(c.x_orders), "x_msgs": pack.add(c.x_msgs),
+            "x_glob": pack.add(c.x_glob), "x_params": pack.add(c.x_params),
+            "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e), "dec": pack.add(ctx.hist_aux),
             "ctr": pack.add(ctx.counters.view(np.int64)),
         }
-        self.step = cstep.bind(build_step(ix), pack)
+        self.step = cstep.bind(build_step(ix, self.strategy, n_sym), pack)
+
+    def _flush_equity(self) -> None:
+        g = self.core.g
+        k = int(g[E.G_N_EQ])
+        if not k:
+            return
+        syms = self.ctx.symbols
+        for row in self.core.eq[:k]:
+            s = int(row[1])
+            self._eq.writerow([int(row[0]), syms[s] if s < len(syms) else s, int(row[2]),
+                               *(f"{x:.10g}" for x in row[3:])])
+        g[E.G_N_EQ] = 0
+        self._eq_file.flush()
 
     def export(self) -> None:
         c = self.ctx.counters
-        g = self.glob
-        c[N_STEP_COUNTERS:N_STEP_COUNTERS + 5] = (g[sk.G_DECISIONS], g[sk.G_INVALID], g[sk.G_PAUSES],
-                                                  g[sk.G_ORDERS], g[sk.G_NO_SCORE])
+        g = self.core.g
+        rej = self.core.rej
+        base = N_STEP_COUNTERS
+        for j, (_, gi) in enumerate(_G_EXPORT):
+            c[base + j] = g[gi]
+        base += len(_G_EXPORT)
+        named = 0
+        for j, (_, code) in enumerate(_REJ_EXPORT):
+            c[base + j] = rej[code]
+            named += int(rej[code])
+        c[base + len(_REJ_EXPORT)] = int(rej.sum()) - named
+        self._flush_equity()
+
+    def results(self) -> dict:
+        rej = self.core.rej
+        s = self.strategy
+        return {"name": self.ctx.config.strategy.name, "class": type(s).__name__, "params": s.params,
+                "tags": {str(k): v for k, v in type(s).TAGS.items()},
+                "rejects": {R.name(i): int(v) for i, v in enumerate(rej) if v},
+                "risk": dict(vars(self.ctx.config.risk)), "paper": dict(vars(self.ctx.config.paper)),
+                "paper_counters": paper.counters(self.core.x_glob)}
 
     def on_close(self) -> None:
+        c = self.core
+        E.write_equity(c.ctx(self.params, self.state), int(c.g[E.G_NOW_MS]))  # the final marks
         self.export()
-        for ring in (self.books, self.orders, self.scores):
-            ring.close()
+        self._eq_file.close()
+        run_dir = self.ctx.run_dir
+        try:
+            self.strategy.close(self.state, run_dir)
+        finally:
+            Path(run_dir, "strategy.json").write_bytes(orjson.dumps(self.results(), option=orjson.OPT_INDENT_2))
+            for ring in (self.books, self.orders, self.fills, self.scores):
+                ring.close()
 
 
 AGENT = StrategyAgent

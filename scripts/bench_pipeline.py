@@ -5,6 +5,7 @@
     python scripts/bench_pipeline.py --only sim-speed0 --placements "feed,book,strategy@0 inference@1"
     python scripts/bench_pipeline.py --only btc-speed0 --only btc-bin-speed0 --repeat 5   # JSON vs binary
     python scripts/bench_pipeline.py --soak 600            # memory over a 10-minute simulator run
+    python scripts/bench_pipeline.py --exporter-ab --only sim-speed1 --repeat 5   # Prometheus exporter off vs on
 
 Scenarios:
 - `sim-speed0`: the built-in market as fast as the pipeline takes it (messages/s sustained).
@@ -22,6 +23,11 @@ Scenarios:
   sustained rate (a single pass of the binary capture takes ~30 ms, so the run's start and stop weigh
   in). Passes after the first replay the same update ids, so the book drops their diffs as stale: less
   book work per record than in the first pass, for both formats alike.
+- Only with --only: `sim-speed1`, the built-in market in real time for --seconds (what the exporter
+  comparison uses: tick-to-decision at the pace a live market has).
+- `--exporter-ab`: every run twice, alternating, without and with the Prometheus exporter
+  (`--metrics-port`, a scraper thread GETting /metrics every second while the run goes), then the
+  tick-to-decision p50 / p99 medians of both and their ratio.
 Each run is `python run.py ... --quiet`; the figures come from its summary.json. The soak mode samples
 the resident memory of every stage process while the simulator runs at speed 1 and prints the growth.
 """
@@ -31,11 +37,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +64,7 @@ PLACEMENTS = (
 def scenarios(seconds: float, speed1_seconds: float, btc_bin: Path) -> dict[str, list[str]]:
     return {
         "sim-speed0": ["--speed", "0", "--duration", str(seconds)],
+        "sim-speed1": ["--speed", "1", "--duration", str(seconds)],
         "btc-speed0": ["--replay", str(BTC), "--speed", "0"],
         "btc-bin-speed0": ["--replay", str(btc_bin), "--speed", "0"],
         "btc-speed1": ["--replay", str(BTC), "--speed", "1", "--replay-duration", str(speed1_seconds)],
@@ -101,14 +111,86 @@ def compare_formats(results: list[dict]) -> None:
         print("\n".join(rows))
 
 
-def run_once(args: list[str], placement: str, out: Path) -> dict:
+def run_once(args: list[str], placement: str, out: Path, scrape_port: int = 0) -> dict:
+    """One run.py run; with `scrape_port`, the exporter on that port and a scraper polling it every second
+    (the summary then has "scrapes": how many GETs returned the metrics)."""
     before = set(out.iterdir()) if out.exists() else set()
     cmd = [sys.executable, str(ROOT / "run.py"), "--quiet", "--out", str(out), "--placement", placement, *args]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"run failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
-    (run_dir,) = [p for p in out.iterdir() if p not in before]
-    return json.loads((run_dir / "summary.json").read_text())
+    if scrape_port:
+        cmd += ["--metrics-port", str(scrape_port)]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scraper = _Scraper(scrape_port) if scrape_port else None
+    stdout, stderr = p.communicate()
+    if scraper is not None:
+        scraper.stop()
+    if p.returncode != 0:
+        raise SystemExit(f"run failed ({p.returncode}): {' '.join(cmd)}\n{stderr}{stdout}")
+    (run_dir,) = [d for d in out.iterdir() if d not in before]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if scraper is not None:
+        summary["scrapes"] = scraper.ok
+    return summary
+
+
+class _Scraper:
+    """What Prometheus does to the exporter: GET /metrics every second (from this, the benchmark's process)."""
+
+    def __init__(self, port: int, interval_s: float = 1.0) -> None:
+        self.url, self.interval_s, self.ok = f"http://127.0.0.1:{port}/metrics", interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200 and b"tickpipe_e2e_latency_seconds_bucket" in r.read():
+                        self.ok += 1
+            except OSError:
+                pass  # not listening yet (stages starting) or already gone
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def exporter_ab(todo: dict[str, list[str]], names: list[str], placements: list[str], repeat: int, out: Path) -> dict:
+    """Each scenario run `repeat` times without and with the exporter, alternating; tick-to-decision p50/p99."""
+    rows: dict[str, dict] = {}
+    for name in names:
+        for placement in placements:
+            got: dict[str, list[dict]] = {"off": [], "on": []}
+            for rep in range(repeat):
+                for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):  # alternate: drift hits both
+                    print(f"  running {name} [{placement}] exporter {mode} {rep + 1}/{repeat} ...", file=sys.stderr,
+                          flush=True)
+                    s = run_once(todo[name], placement, out / "runs", scrape_port=_free_port() if mode == "on" else 0)
+                    t2d = s["histograms"]["tick_to_decision"]
+                    got[mode].append({"p50": t2d["p50"], "p99": t2d["p99"], "count": t2d["count"],
+                                      "scrapes": s.get("scrapes", 0)})
+                    print(f"| {name} | `{placement}` | {mode} | {rep + 1} | {t2d['count']:,} | {fmt_us(t2d['p50'])} | "
+                          f"{fmt_us(t2d['p99'])} | {s.get('scrapes', '-')} |", flush=True)
+            rows[f"{name} {placement}"] = got
+    print("\n# exporter off vs on: medians of tick-to-decision\n")
+    print("| scenario | placement | runs | p50 off µs | p50 on µs | p50 on / off | p99 off µs | p99 on µs | "
+          "p99 on / off | scrapes per run |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, got in rows.items():
+        name, placement = key.split(" ", 1)
+        med = {m: {k: statistics.median(r[k] for r in got[m]) for k in ("p50", "p99")} for m in got}
+        scrapes = statistics.median(r["scrapes"] for r in got["on"])
+        print(f"| {name} | `{placement}` | {len(got['off'])} + {len(got['on'])} | {fmt_us(med['off']['p50'])} | "
+              f"{fmt_us(med['on']['p50'])} | {med['on']['p50'] / max(med['off']['p50'], 1):.3f} | "
+              f"{fmt_us(med['off']['p99'])} | {fmt_us(med['on']['p99'])} | "
+              f"{med['on']['p99'] / max(med['off']['p99'], 1):.3f} | {scrapes:.0f} |")
+    return rows
 
 
 def fmt_us(ns: float) -> str:
@@ -190,6 +272,9 @@ def main() -> int:
                     help="seconds of the capture replayed at speed 1 (default 120: all of it)")
     ap.add_argument("--soak", type=float, metavar="S", help="instead: memory soak of S seconds on the simulator")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--exporter-ab", action="store_true",
+                    help="run each scenario without and with the Prometheus exporter (scraped every second), "
+                         "alternating, and compare tick-to-decision p50/p99")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tickpipe-bench-") as tmp:
         out = Path(tmp)
@@ -209,6 +294,16 @@ def main() -> int:
         placements = args.placements or list(PLACEMENTS)
         load = os.getloadavg()[0]
         print(f"# tickpipe pipeline benchmark\n\n{os.cpu_count()} CPUs, load average at start {load:.2f}\n")
+        if args.exporter_ab:
+            print("| scenario | placement | exporter | run | tick→decision count | p50 µs | p99 µs | scrapes |")
+            print("|---|---|---|---|---|---|---|---|")
+            ab = exporter_ab(todo, names, placements, args.repeat, out)
+            end = os.getloadavg()
+            print(f"\nload average at the end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f} (1, 5, 15 min)")
+            if args.json:
+                Path(args.json).write_text(json.dumps({"load_at_start": load, "load_at_end": end,
+                                                       "exporter_ab": ab}, indent=1))
+            return 0
         print("| scenario | placement | msgs/s | records/s | feed late p99 µs | feed→book p50/p99 µs | "
               "book→strategy p50/p99 µs | tick→decision p50 / p99 / p99.9 / max µs | orders | alerts |")
         print("|---|---|---|---|---|---|---|---|---|---|")

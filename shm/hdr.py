@@ -67,6 +67,12 @@ def record(counts: np.ndarray, value: int) -> None:
 
 
 @numba.njit(cache=True)
+def record_n(counts: np.ndarray, value: int, n: int) -> None:
+    """Count one value n times (single writer)."""
+    counts[index_of(value)] += n
+
+
+@numba.njit(cache=True)
 def record_many(counts: np.ndarray, values: np.ndarray) -> None:
     for i in range(values.shape[0]):
         counts[index_of(values[i])] += 1

@@ -46,10 +46,12 @@ STATS = Layout("AgentStats", [
     Field("counters", "u8", MAX_COUNTERS, doc="agent-specific, named by the agent's COUNTERS"),
 ])
 
-#: Histograms per agent: hop latency, and latency since t_origin_ns.
+#: Histograms per agent: hop latency, latency since t_origin_ns, and one the agent names itself
+#: (`Agent.AUX_HIST`; the strategy's decision latency, book record in → order record out).
 HIST_HOP = 0
 HIST_E2E = 1
-N_HISTS = 2
+HIST_AUX = 2
+N_HISTS = 3
 
 HIST = Layout("Hist", [Field("counts", "i8", hdr.COUNTS_LEN)])
 

@@ -33,6 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def run_id() -> str:
     """A run id unique to the test; its segments are removed (and must be gone) afterwards."""
     rid = "test" + uuid.uuid4().hex[:10]
+    _ISSUED.add(rid)
     yield rid
     leftover = list_segments(rid)
     remove_run(rid)
@@ -53,8 +54,13 @@ def data_dir() -> Path:
     return d
 
 
+#: run ids this session handed out: only their segments are this session's to check (another pytest
+#: session on the same host, e.g. a second checkout's, has its own)
+_ISSUED: set[str] = set()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    left = [p for p in list_segments() if p.name.startswith("tickpipe-test")]
+    left = [p for p in list_segments() for rid in _ISSUED if p.name.startswith(f"tickpipe-{rid}-")]
     if left:
         for p in left:
             p.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ from procs.sources.replay import CaptureReader, ReplayOptions, capture_format, p
 from procs.sources.simulator import SimParams, write_capture
 from procs.strategy import StrategyAgent
 from shm.metrics import RunState
-from shm.records import BOOK, FEATURES, FLAG_LAST_IN_MESSAGE, KIND_TRADE, MARKET, ORDER, SCORE
+from shm.records import BOOK, FEATURES, FILL, FLAG_LAST_IN_MESSAGE, KIND_TRADE, MARKET, ORDER, SCORE
 from shm.ring import Board, SpscRing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,7 +375,7 @@ def test_feed_book_strategy_over_a_small_ring_lose_nothing(run_id: str, sim_capt
         state = RunState.create(rid, 3)
         rings = [SpscRing.create(rid, "market", MARKET, cap), SpscRing.create(rid, "book", BOOK, 1 << 12),
                  SpscRing.create(rid, "orders", ORDER, 1 << 12), Board.create(rid, "features", FEATURES, len(syms)),
-                 Board.create(rid, "scores", SCORE, len(syms))]
+                 Board.create(rid, "scores", SCORE, len(syms)), SpscRing.create(rid, "fills", FILL, 1 << 14)]
         try:
             agents = []
             for i, cls in enumerate((Feed, BookAgent, StrategyAgent)):
@@ -385,9 +385,11 @@ def test_feed_book_strategy_over_a_small_ring_lose_nothing(run_id: str, sim_capt
                                         hist_e2e=state.hist(i, 1), log=logging.getLogger("test")))
                 agents.append(a)
             orders = rings[2].consumer(0)
+            fills = rings[5].consumer(0)
             for _ in range(1_000_000):
                 work = sum(a.do_work() for a in agents)
                 orders.read(4096)
+                fills.read(4096)
                 if work == 0 and agents[0].finished():
                     break
             for a in agents:

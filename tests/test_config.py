@@ -35,8 +35,14 @@ def test_placement_text_round_trips_and_bad_text_names_the_problem() -> None:
 
 
 def test_overrides_are_typed_and_bad_values_name_the_field(tmp_path: Path) -> None:
-    cfg = Config.from_dict({"strategy": {"spread_bps": 3}, "rings": {"market": 1024}})
-    assert cfg.strategy.spread_bps == 3.0 and cfg.rings.market == 1024
+    cfg = Config.from_dict({"strategy": {"params": {"spread_bps": 3}}, "rings": {"market": 1024}})
+    assert cfg.strategy.params == {"spread_bps": 3} and cfg.rings.market == 1024
+    cfg.update({"strategy": {"params.qty": 0.5}}, origin="command line")  # --set strategy.params.qty=0.5 merges
+    assert cfg.strategy.params == {"spread_bps": 3, "qty": 0.5}
+    with pytest.raises(ConfigError, match=r"field=strategy\.params\.qty expected=a number"):
+        Config.from_dict({"strategy": {"params": {"qty": "lots"}}})
+    with pytest.raises(ConfigError, match=r"field=risk\.max_loss expected=>= 0"):
+        Config.from_dict({"risk": {"max_loss": -1}})
     with pytest.raises(ConfigError, match=r"field=rings\.market expected=a power of two >= 2 found=1000"):
         Config.from_dict({"rings": {"market": 1000}})
     with pytest.raises(ConfigError, match=r"field=strategy\.nope"):

@@ -42,8 +42,9 @@ def assert_counts_add_up(s: dict) -> None:
     assert feed["messages_forwarded"] + feed["unknown_type"] + feed["unknown_symbol"] == feed["messages_out"]
     assert book["records_in"] == feed["records_out"]
     assert strat["books_in"] == book["books_out"]
-    assert sink["received"] == strat["orders_out"]
-    assert strat["orders_dropped"] == 0
+    assert sink["received"] == strat["orders_out"] == strat["new"] + strat["cancels"] + strat["replaces"]
+    assert sink["reports"] == strat["fills_out"]
+    assert strat["orders_dropped"] == strat["fills_dropped"] == 0
     assert feed["bad_json"] == feed["bad_field"] == feed["bad_number"] == 0
     assert book["crossed"] == 0
     assert s["histograms"]["tick_to_decision"]["count"] == strat["books_in"]
@@ -66,10 +67,11 @@ def test_simulator_run_exits_0_with_a_report_that_adds_up(tmp_path: Path) -> Non
     c = s["counters"]
     assert c["book"]["gaps"] == 0
     assert c["inference"]["scored"] > 0
-    assert c["strategy"]["orders"] > 0
+    assert c["strategy"]["new"] > 0 and c["orders_sink"]["reports_ack"] > 0
     assert "tick_to_decision" in r.stdout and "p99.9" in r.stdout
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
-    for name in ("summary.json", "percentiles.txt", "latency.png", "stages.log", "orders.bin"):
+    for name in ("summary.json", "percentiles.txt", "latency.png", "stages.log", "orders.csv", "fills.csv",
+                 "equity.csv", "strategy.json", "results.json", "results.txt", "equity.png", "report.html"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "hlog").glob("*.hlog"))
     no_segments_left(tmp_path)
@@ -165,13 +167,17 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
     assert r.returncode == 2 and "inference" in r.stderr
     r = run_py("--set", "rings.market=1000", out=tmp_path)
     assert r.returncode == 2 and "field=rings.market" in r.stderr
+    r = run_py("--set", "strategy.params.nope=1", out=tmp_path)
+    assert r.returncode == 2 and "field=strategy.params.nope" in r.stderr
+    r = run_py("--strategy", "procs.nothere:X", out=tmp_path)
+    assert r.returncode == 2 and "field=strategy.name" in r.stderr
     r = run_py("--model", str(tmp_path / "nope.onnx"), out=tmp_path)
     assert r.returncode == 2 and "field=inference.model" in r.stderr
     assert not [p for p in tmp_path.iterdir() if p.is_dir()], "a refused configuration must not start a run"
 
 
 def test_print_config_round_trips(tmp_path: Path) -> None:
-    r = run_py("--print-config", "--speed", "3", "--set", "strategy.spread_bps=4.5", out=tmp_path)
+    r = run_py("--print-config", "--speed", "3", "--set", "strategy.params.spread_bps=4.5", out=tmp_path)
     assert r.returncode == 0, r.stderr
     cfg = tmp_path / "c.toml"
     cfg.write_text(r.stdout)

@@ -169,3 +169,71 @@ def test_cli_hlog_intervals_and_missing_files(tmp_path: Path, capsys) -> None:
     assert "available: book.hop" in capsys.readouterr().err
     assert report.main([str(tmp_path)]) == 2  # no summary.json
     assert "no summary.json" in capsys.readouterr().err
+
+
+# -- report.html ------------------------------------------------------------------------------------
+def rich_summary(tmp_path: Path, *, with_flame: bool) -> dict:
+    meta: dict = {"run": "t9", "stop_reason": "duration 3 s reached", "exit_code": 0, "placement": "feed,book@0",
+                  "doctor": {"verdict": "not tuned: 1 warning(s)", "exit_code": 3, "checks": [
+                      {"name": "isolation", "status": "warn", "found": "isolated=none <x>",
+                       "fix": "add isolcpus=1 to the kernel command line"},
+                      {"name": "clocksource", "status": "ok", "found": "tsc", "fix": ""}]}}
+    if with_flame:
+        (tmp_path / "flame").mkdir()
+        (tmp_path / "flame" / "feed+book.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'></svg>")
+        (tmp_path / "flame" / "perf.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'></svg>")
+        meta["profile"] = {"folder": "flame", "py_spy": {"feed+book": "flame/feed+book.svg"},
+                           "perf": "flame/perf.svg", "notes": ["py-spy on inference exited at once"]}
+    return report.write_report(tmp_path, hists={"tick_to_decision": hdr.Histogram.from_values(latencies(5000, 4))},
+                               counters={"feed": {"messages_out": 1234}, "book": {"gaps": 0}}, meta=meta,
+                               rates={"seconds": 3.0, "messages_per_s": 411.3})
+
+
+def test_report_html_gathers_table_plot_counters_doctor_and_flames(tmp_path: Path) -> None:
+    summary = rich_summary(tmp_path, with_flame=True)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    # the percentile table: every column, with the same numbers as percentiles.txt
+    s = summary["histograms"]["tick_to_decision"]
+    for k in ("p50", "p99.99", "max"):
+        assert f"<th>{k}</th>" in page and report.fmt_ns(s[k]) in page
+    # the plot is embedded, so the page reads alone; the flame graphs are linked by relative path
+    assert "data:image/png;base64,iVBORw0KGgo" in page
+    assert 'data="flame/feed+book.svg"' in page and 'data="flame/perf.svg"' in page
+    assert "py-spy on inference exited at once" in page
+    # counters, rates, doctor verdict and fixes; every value escaped
+    assert "messages_out" in page and "1,234" in page and "messages_per_s" in page
+    assert "not tuned: 1 warning(s)" in page and "fix: add isolcpus=1" in page
+    assert 'class="warn"' in page and "isolated=none &lt;x&gt;" in page and "<x>" not in page
+    # self-contained: nothing fetched from the network
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+
+
+def test_report_html_without_profile_says_how_to_take_one(tmp_path: Path) -> None:
+    rich_summary(tmp_path, with_flame=False)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "python run.py --profile" in page and "<object" not in page
+
+
+def test_report_html_sections_plug_in(tmp_path: Path, monkeypatch) -> None:
+    assert report.results_section({"meta": {}}) == ""
+    monkeypatch.setattr(report, "SECTIONS", [])
+    report.register_section(lambda summary, folder: f"<h2>P&amp;L</h2><p>run {summary['meta']['run']}</p>")
+    monkeypatch.setattr(report, "results_section", lambda summary: "<h2>Strategy results</h2>")
+
+    def broken(summary: dict, folder: Path) -> str:
+        raise ValueError("a broken section must not lose the report")
+
+    report.register_section(broken)
+    rich_summary(tmp_path, with_flame=False)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<h2>P&amp;L</h2><p>run t9</p>" in page and "<h2>Strategy results</h2>" in page
+    assert page.index("Latency percentiles") < page.index("Strategy results") < page.index("P&amp;L")
+
+
+def test_cli_rewrites_report_html(tmp_path: Path) -> None:
+    rich_summary(tmp_path, with_flame=False)
+    (tmp_path / "report.html").unlink()
+    r = cli(str(tmp_path), "--html")
+    assert r.returncode == 0, r.stderr
+    assert "tick_to_decision" in (tmp_path / "report.html").read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ from procs.sources.replay import read_capture, scan_symbols
 from procs.strategy import StrategyAgent
 from shm import hdr
 from shm.metrics import RunState
-from shm.records import BOOK, FEATURES, MARKET, ORDER, SCORE
+from shm.records import BOOK, FEATURES, FILL, MARKET, ORDER, SCORE
 from shm.ring import Board, SpscRing
 
 SPOT = "spot_4sym_20211012.lines.gz"
@@ -31,7 +31,7 @@ def test_book_and_strategy_steps_match_the_direct_kernel(run_id: str, data_dir: 
     state = RunState.create(run_id, 3)
     rings = [SpscRing.create(run_id, "market", MARKET, 1 << 12), SpscRing.create(run_id, "book", BOOK, 1 << 10),
              SpscRing.create(run_id, "orders", ORDER, 1 << 12), Board.create(run_id, "features", FEATURES, len(syms)),
-             Board.create(run_id, "scores", SCORE, len(syms))]
+             Board.create(run_id, "scores", SCORE, len(syms)), SpscRing.create(run_id, "fills", FILL, 1 << 14)]
     # a tap on the book ring would need a second consumer; instead the strategy's counters and
     # the features board are compared with the direct run
     agents = []
@@ -43,10 +43,12 @@ def test_book_and_strategy_steps_match_the_direct_kernel(run_id: str, data_dir: 
                                     hist_e2e=state.hist(i, 1), log=logging.getLogger("test")))
             agents.append(a)
         orders = rings[2].consumer(0)
-        n_orders = 0
+        fills = rings[5].consumer(0)
+        n_orders = n_fills = 0
         for _ in range(1_000_000):
             work = sum(a.do_work() for a in agents)
             n_orders += len(orders.read(4096))
+            n_fills += len(fills.read(4096))
             if work == 0 and agents[0].finished():
                 break
         for a in agents:
@@ -72,7 +74,8 @@ def test_book_and_strategy_steps_match_the_direct_kernel(run_id: str, data_dir: 
         assert book_c["books_out"] == n_out == strat_c["books_in"]
         assert book_c["diffs_applied"] == direct.counts()["diffs_applied"] > 0
         assert book_c["gaps"] == 0 and book_c["crossed"] == 0
-        assert strat_c["orders_out"] == n_orders == strat_c["orders"]
+        assert strat_c["orders_out"] == n_orders == strat_c["new"] + strat_c["cancels"] + strat_c["replaces"] > 0
+        assert strat_c["fills_out"] == n_fills > 0 and strat_c["orders_dropped"] == strat_c["fills_dropped"] == 0
         # the board holds each symbol's newest feature vector: the direct run's last one per symbol
         got = np.zeros(1, FEATURES.dtype)
         for s in range(len(syms)):
