@@ -7,7 +7,9 @@ The sidecar's "kind" decides the evaluation (a sidecar without one is an anomaly
 - **anomaly** on labelled rows (simulator seeds, or a capture with its labels file): row level
   (precision, recall, F1, ROC-AUC of column 0 against "in a labelled window"), per kind (the rows of
   one kind against the normal rows, other kinds left out), window level (labelled windows with at least
-  one alert) and episode level (runs of alerting rows that overlap a window). On a capture without
+  one alert) and episode level (alerts of one symbol at most 500 ms apart, i.e. one strategy pause:
+  procs.metrics_ml.merge_episodes, as in scripts/train_anomaly.py, that overlap a window). With a sidecar
+  `history`, "score" is the per-symbol EW time mean of column 0 that the inference stage alerts on. On a capture without
   labels there is nothing to score against: only the alert rate and the score distribution.
 - **direction**: labels `Dataset.direction(horizon_ms)` (the sidecar's "horizon_ms", default 0: the next
   change of the mid); rows whose mid does not move are excluded and counted. Hit rate of
@@ -241,15 +243,19 @@ def _combined(datasets: Sequence[Dataset], masks: Sequence[np.ndarray]) -> tuple
 
 def evaluate_anomaly(model: Model, datasets: Sequence[Dataset], *, tail: float | None = None,
                      from_ms: int | None = None, model_name: str | None = None) -> Evaluation:
-    """Metrics of an anomaly model (see the module doc). Rows alert when column 0 > threshold."""
+    """Metrics of an anomaly model (see the module doc). Rows alert when the alert value (column 0, or its
+    per-symbol EW time mean with a sidecar history: Model.alert_level) > threshold."""
     labelled = all(d.meta.get("labelled") for d in datasets)
     masks = [tail_mask(d, tail, from_ms) for d in datasets]
-    score = np.concatenate([score_rows(model, d.x[m])[:, 0] for d, m in zip(datasets, masks, strict=True)])
+    # what the stage alerts on: column 0, or its per-symbol EW time mean when the sidecar has a history
+    score = np.concatenate([model.alert_level(score_rows(model, d.x[m])[:, 0], d.e_ms[m], d.symbol[m])
+                            for d, m in zip(datasets, masks, strict=True)])
     lab = np.concatenate([d.anomaly[m] for d, m in zip(datasets, masks, strict=True)])
     alert = score > model.threshold
     base: dict[str, Any] = {
         "model": model_name or str(model.path), "kind": "anomaly", "version": model.version,
-        "score_kind": model.score_kind, "source": _source(datasets), "tail": tail, "from_ms": from_ms,
+        "score_kind": model.score_kind, "history_tau_ms": model.history_tau_ms or None,
+        "source": _source(datasets), "tail": tail, "from_ms": from_ms,
         "labels": labelled,
         "n": len(score), "threshold": model.threshold, "alerts": int(alert.sum()),
         "alert_rate": float(alert.mean()) if len(alert) else float("nan"),
@@ -460,8 +466,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {d['positives']} | {fmt(d['precision'])} | {fmt(d['recall'])} | {fmt(d['f1'])} | "
                      f"{fmt(d['roc_auc'])} |")
     ep, eg = m["episodes"], m["episodes_with_grace"]
-    lines += ["", "Windows (caught: at least one alerting row inside) and alert episodes (runs of alerting rows of a "
-                  "symbol) that overlap a window:", "",
+    lines += ["", "Windows (caught: at least one alerting row inside) and alert episodes (alerts of a symbol at most "
+                  f"{ep.get('gap_ms', mm.EPISODE_GAP_MS)} ms apart: one strategy pause) that overlap a window:", "",
               "| kind | windows | caught | window recall | median delay ms | episodes overlapping |",
               "|---|---|---|---|---|---|"]
     for kind, d in m["windows"].items():
@@ -493,11 +499,29 @@ def _drive(books: np.ndarray, scores: np.ndarray, st: np.ndarray, params: np.nda
     return n
 
 
+#: Settings of the market-maker kernel (procs/kernels/strategy.py) that strategy_effect drives, with the
+#: defaults StrategyConfig had before strategies became pluggable (issue 6 moved them to [strategy.params]).
+MM_DEFAULTS: dict[str, float] = {"spread_bps": 2.0, "skew_bps": 1.0, "order_qty": 0.01, "max_position": 1.0,
+                                 "requote_bps": 0.5, "pause_hold_ms": 500.0}
+
+
+def _mm_setting(strategy: Any, name: str) -> float:
+    """`name` from a strategy config: an attribute (older StrategyConfig), a key of its `params` table or of a
+    dict, else MM_DEFAULTS."""
+    if strategy is None:
+        return MM_DEFAULTS[name]
+    if isinstance(strategy, dict):
+        return float(strategy.get(name, MM_DEFAULTS[name]))
+    if hasattr(strategy, name):
+        return float(getattr(strategy, name))
+    return float(getattr(strategy, "params", {}).get(name, MM_DEFAULTS[name]))
+
+
 def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequence[str] = DEFAULT_SYMBOLS,
                     anomalies_per_min: float = 2.0, warmup_s: float = 10.0, strategy: Any = None,
                     progress: Callable[[str], None] | None = log) -> dict[str, Any]:
     """Run `seconds` of the simulator through the real parser and book kernel, score every book update
-    with the anomaly model (column 0 > threshold sets FLAG_ANOMALY; values[SCORE_ANOMALY] is the level, as
+    with the anomaly model (alert value > threshold sets FLAG_ANOMALY; values[SCORE_ANOMALY] is its level, as
     in procs/inference.py), and drive the strategy's own kernel (`procs.kernels.strategy.decide`) twice
     from the same records: with the flags, and with the flags cleared (same values, so the same spread).
 
@@ -507,7 +531,6 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
     but not counted (as in the datasets). Counted per kind of labelled window and outside any window:
     orders by action (new, replace, cancel), quotes placed (new + replace: a price put into the market)
     and the share of valid book updates after which a quote rests (exposure)."""
-    from procs.config import StrategyConfig
     from procs.kernels.book import BookState
     from procs.kernels.parse_json import ERR_NO_SPACE, Parser, SymbolTable
     from procs.sources.simulator import SimParams, Simulator
@@ -527,9 +550,9 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
     if model.kind != "anomaly":
         raise ValueError(f"{model.path}: sidecar field 'kind': expected 'anomaly' for the strategy effect, "
                          f"found {model.kind!r}")
-    cfg = strategy or StrategyConfig()
-    params = sk.params_from(cfg.spread_bps, cfg.skew_bps, round(cfg.order_qty * QTY_SCALE),
-                            round(cfg.max_position * QTY_SCALE), cfg.requote_bps, cfg.pause_hold_ms)
+    cfg = {k: _mm_setting(strategy, k) for k in MM_DEFAULTS}
+    params = sk.params_from(cfg["spread_bps"], cfg["skew_bps"], round(cfg["order_qty"] * QTY_SCALE),
+                            round(cfg["max_position"] * QTY_SCALE), cfg["requote_bps"], cfg["pause_hold_ms"])
     sim = Simulator(SimParams(symbols=list(symbols), seed=seed, anomalies_per_min=anomalies_per_min,
                               depth_interval_ms=100, rate_scale=1.0, start_ms=SIM_START_MS))
     table = SymbolTable(list(symbols))
@@ -542,6 +565,7 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
     of = np.zeros(batch, FEATURES.dtype)
     runs = {name: (*sk.alloc(len(symbols)), np.zeros(2 * batch, ORDER.dtype)) for name in ("flags", "no_flags")}
     rows_sym, rows_e, rows_valid, rows_alert = [], [], [], []
+    ew_state = np.zeros((len(symbols), 4))
     quoted = {name: [] for name in runs}
     orders: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in runs}
     row_base = 0
@@ -554,9 +578,11 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
         sc = np.zeros(k, SCORE.dtype)
         if valid.any():
             raw = score_rows(model, of["values"][:k][valid])[:, 0].astype(np.float64)
-            sc["values"][valid, SCORE_ANOMALY] = model.level(raw)  # the level decide widens the spread by
+            # the stage's alert value: column 0, or its EW time mean per symbol (state carried across batches)
+            hist = model.alert_level(raw, b["exch_ts_ms"][valid], b["symbol"][valid], ew_state)
+            sc["values"][valid, SCORE_ANOMALY] = model.level(hist)  # the level decide widens the spread by
             sc["values"][valid, SCORE_ANOMALY_RAW] = raw
-            sc["flags"][valid] = np.where(raw > model.threshold, FLAG_ANOMALY, 0)
+            sc["flags"][valid] = np.where(hist > model.threshold, FLAG_ANOMALY, 0)
         rows_sym.append(b["symbol"].astype(np.int64))
         rows_e.append(b["exch_ts_ms"].copy())
         rows_valid.append(valid)
@@ -611,8 +637,8 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
     res: dict[str, Any] = {"seed": seed, "seconds": seconds, "symbols": list(symbols),
                            "anomalies_per_min": anomalies_per_min, "warmup_s": warmup_s,
                            "threshold": model.threshold, "strategy": {
-                               "spread_bps": cfg.spread_bps, "requote_bps": cfg.requote_bps,
-                               "pause_hold_ms": cfg.pause_hold_ms}, "windows": len(sim.labels), "groups": {}}
+                               "spread_bps": cfg["spread_bps"], "requote_bps": cfg["requote_bps"],
+                               "pause_hold_ms": cfg["pause_hold_ms"]}, "windows": len(sim.labels), "groups": {}}
     per_run = {}
     for name in runs:
         row = np.concatenate([o[0] for o in orders[name]]) if orders[name] else np.zeros(0, np.int64)

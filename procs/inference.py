@@ -1,13 +1,16 @@
 """inference: the newest FEATURES of every symbol (conflated board) → two ONNX models → one SCORE per symbol (board).
 
-Both models run in this one process, each on one ONNX Runtime intra-op thread: the anomaly model
+Both models run in this one process, each session on one ONNX Runtime intra-op thread: the anomaly model
 (`inference.model`, required) and the direction model (`inference.direction_model`, optional). A pass
-reads the newest feature vector of every symbol that changed, scores the batch with each model (one
-ONNX Runtime call per model per pass) and writes one SCORE record per symbol holding both, laid out
-as `shm.records.SCORE_*` says:
+reads the newest feature vector of every symbol that changed, scores the batch with both models (one
+ONNX Runtime call: the two graphs merged into one session by procs.model.ModelPair when the `onnx`
+package is installed, else one call per model) and writes one SCORE record per symbol holding both,
+laid out as `shm.records.SCORE_*` says:
 
-    values[SCORE_ANOMALY]        anomaly level in [0, 1] (P(anomaly), or min(error / threshold, 1))
-    values[SCORE_ANOMALY_RAW]    the anomaly model's column 0; FLAG_ANOMALY when above its threshold
+    values[SCORE_ANOMALY]        anomaly level in [0, 1] (P(anomaly), or min(error / threshold, 1)) of the
+                                 alert value: column 0, or with a sidecar `history` its EW time mean
+    values[SCORE_ANOMALY_RAW]    the anomaly model's column 0; FLAG_ANOMALY when the alert value is above
+                                 the threshold
     values[SCORE_UP]             P(up) from the direction model's column 0 (NaN without one)
     values[SCORE_DIRECTION_1]    the direction model's column 1 (NaN without one)
     values[SCORE_ANOMALY_EXTRA:] the anomaly model's columns 1, 2, ... (NaN where it has fewer)
@@ -35,7 +38,7 @@ from numba import njit
 
 from procs.agent import Agent, AgentContext
 from procs.config import DEFAULT_DIRECTION_MODEL, InferenceConfig
-from procs.model import Model, resolve_model_path
+from procs.model import Model, ModelPair, ew_step, resolve_model_path
 from shm import hdr
 from shm.native import ffi, lib
 from shm.records import (
@@ -98,11 +101,12 @@ def pair_id(anomaly: Model, direction: Model | None) -> int:
 @njit(cache=True, nogil=True)
 def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.ndarray, threshold: float,
                 inv_threshold: float, model_id: int, now: int, hist_hop: np.ndarray, hist_e2e: np.ndarray,
-                ctr: np.ndarray, skipped: int) -> int:
+                ctr: np.ndarray, skipped: int, tau_ms: float, ew: np.ndarray) -> int:
     """SCORE records out[:m] for feature rows[:m] from the anomaly outputs a (m, ka) and the direction
     outputs d (m, kd; kd = 0 without a direction model). inv_threshold > 0 marks an error score (level =
-    score / threshold), 0 a probability. Records the latencies and counts the pass into ctr (the stage's
-    counters); returns the alerts raised."""
+    score / threshold), 0 a probability. tau_ms > 0: the alert and SCORE_ANOMALY use the symbol's EW time
+    mean of column 0 (procs.model.ew_history), kept in ew[symbol] = (mean, previous value, last ms, seen).
+    Records the latencies and counts the pass into ctr (the stage's counters); returns the alerts raised."""
     alerts = 0
     cold = 0
     ka = a.shape[1]
@@ -122,10 +126,21 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
         # and would flag most of them, so no alert and level 0; the raw score is still published
         warm = (f.flags & FLAG_FEATURES_WARM) != 0
         cold += not warm
-        alert = warm and raw > threshold
+        hist = raw
+        if tau_ms > 0.0 and warm:
+            # as procs.model.ew_history_into, in receive time: FEATURES carries no exchange time (at
+            # real-time pace the two clocks run together)
+            e = ew[f.symbol]
+            t_ms = f.t_origin_ns * 1e-6
+            e[0] = ew_step(e[0], e[1], t_ms - e[2], tau_ms) if e[3] > 0.0 else raw
+            e[1] = raw
+            e[2] = t_ms
+            e[3] = 1.0
+            hist = e[0]
+        alert = warm and hist > threshold
         r.flags = FLAG_ANOMALY if alert else 0
         alerts += alert
-        level = raw * inv_threshold if inv_threshold > 0.0 else raw
+        level = hist * inv_threshold if inv_threshold > 0.0 else hist
         r.values[SCORE_ANOMALY] = min(max(level, 0.0), 1.0) if warm else 0.0
         r.values[SCORE_ANOMALY_RAW] = raw
         r.values[SCORE_UP] = d[j, 0] if kd > 0 else np.nan
@@ -155,6 +170,12 @@ class InferenceAgent(Agent):
         cfg = ctx.config.inference
         self.anomaly, self.direction = load_models(cfg, warn=ctx.log.warning)
         ctx.log.info("inference: anomaly %r; direction %r", self.anomaly, self.direction)
+        self.pair: ModelPair | None = None
+        if self.direction is not None:
+            # one ONNX Runtime call for both models per pass when the graphs merge (else two)
+            self.pair, why = ModelPair.build(self.anomaly, self.direction, cfg.intra_op_threads)
+            if self.pair is None:
+                ctx.log.info("inference: %s", why)
         n = len(ctx.symbols)
         self.features = Board.attach(ctx.run, "features", FEATURES)
         self.scores = Board.attach(ctx.run, "scores", SCORE)
@@ -172,6 +193,9 @@ class InferenceAgent(Agent):
         self.model_id = pair_id(self.anomaly, self.direction)
         self.threshold = self.anomaly.threshold
         self.inv_threshold = 1.0 / self.threshold if self.anomaly.score_kind == "error" else 0.0
+        self.tau_ms = self.anomaly.history_tau_ms
+        # per symbol id: EW mean, previous column 0, its time (ms), seen (procs.model.ew_history's state)
+        self.ew = np.zeros((max(n, 1), 4), np.float64)
         self.ctr = ctx.counters.view(np.int64)  # the kernel counts straight into shared memory
         self.version = 0
         # bounding the pass rate bounds the CPU taken from whatever shares this core
@@ -183,11 +207,13 @@ class InferenceAgent(Agent):
         a, d = self._score(1)
         scratch = np.zeros_like(self.ctr)
         fill_scores(self.out.copy(), self.rows, 1, a, d, 1.0, 0.0, 0, 0, ctx.hist_hop.copy(), ctx.hist_e2e.copy(),
-                    scratch, 0)
+                    scratch, 0, self.tau_ms, self.ew.copy())
 
     def _score(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Both models on rows[:m]: (anomaly outputs, direction outputs or an (m, 0) array), no copies."""
         x = self.values[:m]
+        if self.pair is not None:
+            return self.pair.score(x)
         a = self.anomaly.score(x, copy=False)
         d = self.direction.score(x, copy=False) if self.direction is not None else self.no_direction[:m]
         return a, d
@@ -220,7 +246,7 @@ class InferenceAgent(Agent):
             return 0
         a, d = self._score(m)
         fill_scores(self.out, self.rows, m, a, d, self.threshold, self.inv_threshold, self.model_id, lib.tp_now_ns(),
-                    self.ctx.hist_hop, self.ctx.hist_e2e, self.ctr, skipped)
+                    self.ctx.hist_hop, self.ctx.hist_e2e, self.ctr, skipped, self.tau_ms, self.ew)
         s_addr, size, out_ptr = self.scores.addr, SCORE.dtype.itemsize, self.out_ptr
         begin, commit, memmove, cast = lib.tp_board_begin, lib.tp_board_commit, ffi.memmove, ffi.cast
         for j in range(m):
@@ -246,9 +272,11 @@ class InferenceAgent(Agent):
             if m is None:
                 return None
             return {"path": str(m.path), "kind": m.kind, "version": m.version, "model_id": m.model_id,
-                    "outputs": m.outputs, "threshold": m.threshold, "score_kind": m.score_kind}
+                    "outputs": m.outputs, "threshold": m.threshold, "score_kind": m.score_kind,
+                    "history_tau_ms": m.history_tau_ms}
 
-        return {"anomaly": one(self.anomaly), "direction": one(self.direction), "score_model_id": self.model_id}
+        return {"anomaly": one(self.anomaly), "direction": one(self.direction), "score_model_id": self.model_id,
+                "one_session": self.pair is not None}
 
     def on_close(self) -> None:
         self.features.close()

@@ -241,13 +241,30 @@ def window_recall(alert: Any, symbol: Any, e_ms: Any, windows: Iterable[Mapping[
     return out
 
 
+#: Alerts of one symbol at most this far apart (exchange ms) are one episode: the strategy's default
+#: pause_hold_ms, so one episode is one pause. The one definition of an episode, used by
+#: scripts/train_anomaly.py, procs/evaluation.py and so scripts/evaluate.py and scripts/model_report.py.
+EPISODE_GAP_MS = 500
+
+
+def merge_episodes(alert: Any, e_ms: Any, gap_ms: int = EPISODE_GAP_MS) -> tuple[np.ndarray, np.ndarray]:
+    """(first E, last E) of the alert episodes of one symbol's rows (in time order): alerting rows at most
+    gap_ms apart are one episode, whatever non-alerting rows lie between them."""
+    t = np.asarray(e_ms)[np.asarray(alert, bool)]
+    if not len(t):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cut = np.flatnonzero(np.diff(t) > gap_ms)
+    return t[np.r_[0, cut + 1]], t[np.r_[cut, len(t) - 1]]
+
+
 def alert_episodes(alert: Any, symbol: Any, e_ms: Any, windows: Iterable[Mapping[str, Any]],
-                   symbols: Sequence[str], kinds: Sequence[str], grace_ms: int = 0) -> dict[str, Any]:
-    """Alert episodes: maximal runs of consecutive alerting rows of one symbol (rows in time order within
-    each symbol). An episode overlaps a window of its symbol when [first E, last E] meets
-    [start_E_ms, end_E_ms + grace_ms]; grace_ms > 0 also credits episodes that start just after a window
-    (features over 10 s windows still remember it). Returns {episodes, overlapping, precision (the
-    overlapping fraction), grace_ms, per_kind: {kind: episodes overlapping a window of that kind}}."""
+                   symbols: Sequence[str], kinds: Sequence[str], grace_ms: int = 0,
+                   gap_ms: int = EPISODE_GAP_MS) -> dict[str, Any]:
+    """Alert episodes (`merge_episodes`: alerts of one symbol at most gap_ms apart). An episode overlaps a
+    window of its symbol when [first E, last E] meets [start_E_ms, end_E_ms + grace_ms]; grace_ms > 0 also
+    credits episodes that start just after a window (features over 10 s windows still remember it).
+    Returns {episodes, overlapping, precision (the overlapping fraction), grace_ms, gap_ms,
+    per_kind: {kind: episodes overlapping a window of that kind}}."""
     a = np.asarray(alert, bool)
     sym = np.asarray(symbol)
     e = np.asarray(e_ms)
@@ -258,9 +275,8 @@ def alert_episodes(alert: Any, symbol: Any, e_ms: Any, windows: Iterable[Mapping
     for sid in np.unique(sym):
         idx = np.flatnonzero(sym == sid)
         ws = [(s, t + grace_ms, k) for (w_sid, s, t, k) in wins if w_sid == sid]
-        for lo, hi in runs(a[idx]):
+        for first, last in zip(*merge_episodes(a[idx], e[idx], gap_ms), strict=True):
             total += 1
-            first, last = e[idx[lo]], e[idx[hi - 1]]
             hit = {k for (s, t, k) in ws if first <= t and last >= s}
             if hit:
                 overlapping += 1
@@ -268,7 +284,7 @@ def alert_episodes(alert: Any, symbol: Any, e_ms: Any, windows: Iterable[Mapping
                     if k in per_kind:
                         per_kind[k] += 1
     return {"episodes": total, "overlapping": overlapping,
-            "precision": overlapping / total if total else float("nan"), "grace_ms": grace_ms,
+            "precision": overlapping / total if total else float("nan"), "grace_ms": grace_ms, "gap_ms": gap_ms,
             "per_kind": per_kind}
 
 

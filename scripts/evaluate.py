@@ -11,9 +11,12 @@ The model's sidecar "kind" picks the metrics (no "kind": an anomaly model):
              training_majority (from the sidecar, when it records it), always_up, and imbalance
              (up iff imbalance_1 > 0).
   anomaly    needs labels: --sim-seeds (the simulator labels its anomaly windows), or a simulator capture
-             with --labels FILE. Precision, recall, F1, ROC-AUC of column 0 at row level (overall and per
-             kind), windows caught, and alert episodes that overlap a window. A capture without labels has
-             nothing to score against: it gets the alert rate and the score distribution, and says so.
+             with --labels FILE. Precision, recall, F1, ROC-AUC of the alert value (column 0, or its
+             per-symbol EW time mean when the sidecar has a "history", as the inference stage alerts) at
+             row level (overall and per kind), windows caught, and alert episodes (alerts of a symbol at
+             most 500 ms apart: one strategy pause, as scripts/train_anomaly.py counts them) that overlap
+             a window. A capture without labels has nothing to score against: it gets the alert rate and
+             the score distribution, and says so.
 
 Rows come from the real parser and book kernel (procs/datasets.py): one per update of a valid book,
 the first seconds of each symbol dropped as warm-up (--warmup-s).

@@ -168,12 +168,20 @@ def test_window_recall_and_alert_episodes() -> None:
     assert w["volume_surge"]["caught"] == 0 and w["volume_surge"]["windows"] == 1
     assert w["book_wipe"]["windows"] == 0 and math.isnan(w["book_wipe"]["recall"])
     assert (w["all"]["windows"], w["all"]["caught"], w["all"]["recall"]) == (2, 1, 0.5)
-    ep = mm.alert_episodes(alert, sym, e, windows, ["BTCUSDT"], ANOMALY_KINDS)
+    # alerts at most 150 ms apart are one episode: rows 3-4, row 6, row 9
+    ep = mm.alert_episodes(alert, sym, e, windows, ["BTCUSDT"], ANOMALY_KINDS, gap_ms=150)
     assert (ep["episodes"], ep["overlapping"]) == (3, 1) and ep["precision"] == pytest.approx(1 / 3)
     assert ep["per_kind"]["price_spike"] == 1 and ep["per_kind"]["volume_surge"] == 0
     # 150 ms of grace: the row-9 episode (900 ms) now touches the volume_surge window (ends 800)
-    ep = mm.alert_episodes(alert, sym, e, windows, ["BTCUSDT"], ANOMALY_KINDS, grace_ms=150)
+    ep = mm.alert_episodes(alert, sym, e, windows, ["BTCUSDT"], ANOMALY_KINDS, grace_ms=150, gap_ms=150)
     assert ep["overlapping"] == 2 and ep["per_kind"]["volume_surge"] == 1
+    # the default gap is the strategy's 500 ms pause hold: the four alerts (gaps 100-300 ms) are one pause,
+    # and it meets both windows
+    ep = mm.alert_episodes(alert, sym, e, windows, ["BTCUSDT"], ANOMALY_KINDS)
+    assert (ep["episodes"], ep["overlapping"], ep["gap_ms"]) == (1, 1, mm.EPISODE_GAP_MS)
+    assert ep["per_kind"]["price_spike"] == 1 and ep["per_kind"]["volume_surge"] == 1
+    starts, ends = mm.merge_episodes(alert, e, 150)
+    assert starts.tolist() == [300, 600, 900] and ends.tolist() == [400, 600, 900]
     assert mm.runs([0, 1, 1, 0, 1]) == [(1, 3), (4, 5)]
 
 

@@ -7,6 +7,7 @@ every expected output is computed exactly in numpy.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import subprocess
@@ -148,6 +149,8 @@ class Stage:
 def test_two_models_one_score_record_per_symbol(run_id: str, tmp_path: Path, models: dict[str, Path]) -> None:
     st = Stage(run_id, tmp_path, model=str(models["anomaly"]), direction_model=str(models["direction"]))
     try:
+        # with the onnx package the two graphs run as one session (one call per pass); the figures are the same
+        assert st.agent.describe()["one_session"] == (importlib.util.find_spec("onnx") is not None)
         feats = [st.write(s, times=1 + s) for s in range(len(SYMS))]  # symbol s updated 1 + s times
         assert st.agent.do_work() == 3  # one pass, all three symbols in one batch
         anomaly, direction = Model.load(models["anomaly"]), Model.load(models["direction"], kind="direction")
@@ -219,7 +222,8 @@ def test_fill_scores_levels_and_flags() -> None:
     a = np.array([[30.0], [1.5], [-1.0]], np.float32)
     hist = np.zeros(27648, np.int64), np.zeros(27648, np.int64)
     ctr = np.zeros(8, np.int64)
-    alerts = fill_scores(out, rows, 3, a, np.zeros((3, 0), np.float32), 3.0, 1 / 3.0, 7, 100, *hist, ctr, 5)
+    alerts = fill_scores(out, rows, 3, a, np.zeros((3, 0), np.float32), 3.0, 1 / 3.0, 7, 100, *hist, ctr, 5,
+                         0.0, np.zeros((3, 4)))
     assert alerts == 1 and out["flags"].tolist() == [FLAG_ANOMALY, 0, 0]
     np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY], [1.0, 0.5, 0.0])
     np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY_RAW], [30.0, 1.5, -1.0])
@@ -358,8 +362,40 @@ def test_cold_features_raise_no_alert() -> None:
     a = np.array([[0.9], [0.9]], np.float32)
     hist = np.zeros(27648, np.int64), np.zeros(27648, np.int64)
     ctr = np.zeros(8, np.int64)
-    alerts = fill_scores(out, rows, 2, a, np.zeros((2, 0), np.float32), 0.5, 0.0, 7, 100, *hist, ctr, 0)
+    alerts = fill_scores(out, rows, 2, a, np.zeros((2, 0), np.float32), 0.5, 0.0, 7, 100, *hist, ctr, 0,
+                         0.0, np.zeros((2, 4)))
     assert alerts == 1 and out["flags"].tolist() == [0, FLAG_ANOMALY]
     np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY], [0.0, 0.9])
     np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY_RAW], [0.9, 0.9])
     assert ctr[6] == 1  # counted as cold
+
+
+def test_fill_scores_with_history_alerts_on_the_time_mean_as_evaluated_offline() -> None:
+    """With a sidecar history the flag and SCORE_ANOMALY follow the symbol's EW time mean of column 0, pass by
+    pass the same as procs.model.ew_history over the same rows (what the evaluation scores)."""
+    from procs.model import ew_history
+
+    tau = 500.0
+    t_ms = np.array([0, 0, 100, 300, 400, 900, 1000, 1600], np.float64)
+    sym = np.array([0, 1, 0, 0, 1, 0, 1, 0], np.int64)
+    col0 = np.array([0.1, 0.2, 0.9, 0.9, 0.95, 0.9, 0.1, 0.1], np.float32)
+    ew = np.zeros((2, 4))
+    hist = np.zeros(27648, np.int64), np.zeros(27648, np.int64)
+    ctr = np.zeros(8, np.int64)
+    flags, levels = [], []
+    for i in range(len(t_ms)):  # one row per pass, as the conflated stage sees them
+        rows = np.zeros(1, FEATURES.dtype)
+        rows["symbol"] = sym[i]
+        rows["t_origin_ns"] = int(t_ms[i] * 1e6) + 1_000_000_000
+        rows["flags"] = FLAG_FEATURES_WARM
+        out = np.zeros(1, SCORE.dtype)
+        fill_scores(out, rows, 1, col0[i:i + 1, None], np.zeros((1, 0), np.float32), 0.5, 0.0, 7, 100, *hist, ctr, 0,
+                    tau, ew)
+        flags.append(int(out["flags"][0]))
+        levels.append(float(out["values"][0, SCORE_ANOMALY]))
+        assert out["values"][0, SCORE_ANOMALY_RAW] == pytest.approx(col0[i])  # the raw column is still published
+    want = ew_history(t_ms, sym, col0.astype(np.float64), tau)
+    np.testing.assert_allclose(levels, want, rtol=1e-9, atol=1e-12)
+    assert flags == [FLAG_ANOMALY if w > 0.5 else 0 for w in want]
+    # symbol 0's 0.9 at 100 ms does not alert at once (one row of 0.1 history), it does once it persists
+    assert flags[2] == 0 and FLAG_ANOMALY in flags

@@ -208,6 +208,10 @@ def _drop(field: str):
     (lambda m: m["outputs"].pop(), "outputs", "names"),
     (lambda m: m.__setitem__("version", 3), "version", "3"),
     (lambda m: m.__setitem__("trained_on", []), "trained_on", "list"),
+    (lambda m: m.__setitem__("history", {"kind": "ew_mean", "tau_ms": 0}), "history.tau_ms", "0"),
+    (lambda m: m.__setitem__("history", {"kind": "ew_mean", "tau_ms": True}), "history.tau_ms", "True"),
+    (lambda m: m.__setitem__("history", {"kind": "max", "tau_ms": 500}), "history", "max"),
+    (lambda m: m.__setitem__("history", 500), "history", "500"),
 ])
 def test_bad_sidecar_names_field(tmp_path: Path, edit, field: str, found: str) -> None:
     path = _copy_model(tmp_path, edit)
@@ -290,7 +294,9 @@ def test_kind_is_checked_against_the_slot(tmp_path: Path) -> None:
                                          r"model\), found 'anomaly'"):
         Model.load(path, kind="direction")
     # a direction sidecar needs no threshold (P(up) > 0.5 reads as up) and may not call its score an error
-    path = _copy_model(tmp_path, lambda m: (m.pop("threshold"), m.__setitem__("kind", "direction")))
+    # (the anomaly sidecar's alert history goes too: a direction sidecar may not have one)
+    path = _copy_model(tmp_path, lambda m: (m.pop("threshold"), m.pop("history", None),
+                                            m.__setitem__("kind", "direction")))
     d = Model.load(path, kind="direction")
     assert d.kind == "direction" and d.threshold == 0.5 and d.score_kind == "probability"
     path = _copy_model(tmp_path, lambda m: m.update(kind="direction", score_kind="error"))
@@ -345,3 +351,70 @@ def test_flags_simulated_anomalies(model: Model) -> None:
     p_in, p_out = float(s[inside, 0].mean()), float(s[~inside, 0].mean())
     assert p_in > p_out + 0.1, (p_in, p_out)
     assert np.mean(s[inside, 0] > model.threshold) > np.mean(s[~inside, 0] > model.threshold)
+
+
+# -- the alert history (sidecar "history") --------------------------------------------------------------
+
+def test_history_field_loads_and_a_direction_model_refuses_it(tmp_path: Path) -> None:
+    path = _copy_model(tmp_path, lambda m: m.update(history={"kind": "ew_mean", "tau_ms": 250}))
+    m = Model.load(path, kind="anomaly")
+    assert m.history_tau_ms == 250.0 and "history_tau_ms=250" in repr(m)
+    (tmp_path / "plain").mkdir()
+    plain = _copy_model(tmp_path / "plain", lambda m: m.pop("history", None))
+    assert Model.load(plain, kind="anomaly").history_tau_ms == 0.0
+    (tmp_path / "d").mkdir()
+    d = _copy_model(tmp_path / "d", lambda m: m.update(kind="direction", history={"kind": "ew_mean", "tau_ms": 9}))
+    with pytest.raises(ValueError, match=r"'history': expected absent"):
+        Model.load(d, kind="direction")
+
+
+def test_ew_history_is_a_time_mean_that_ignores_the_sampling_rate() -> None:
+    from procs.model import ew_history
+
+    # a step from 0 to 1 at t = 1000 ms, held: after tau the mean is 1 - 1/e, however often it is sampled
+    tau = 500.0
+    for step_ms in (1, 10, 50):
+        t = np.arange(0, 3001, step_ms, dtype=np.float64)
+        lev = (t >= 1000).astype(np.float64)
+        h = ew_history(t, np.zeros(len(t), np.int64), lev, tau)
+        at = int(np.flatnonzero(t == 1000 + tau)[0]) + 1  # the value of the step is held from t = 1000 on
+        assert h[at - 1] == pytest.approx(1 - np.exp(-1), abs=1e-12 + step_ms / tau)
+        assert h[0] == 0.0 and h[-1] == pytest.approx(1 - np.exp(-2000 / tau), rel=1e-9, abs=step_ms / tau)
+    # symbols are independent, and a symbol's first row starts at its own value
+    h = ew_history(np.array([0.0, 0.0, 100.0, 100.0]), np.array([0, 1, 0, 1]), np.array([0.2, 0.9, 0.2, 0.9]), tau)
+    assert h.tolist() == pytest.approx([0.2, 0.9, 0.2, 0.9])
+
+
+def test_alert_level_is_column_0_without_history(model: Model) -> None:
+    c = np.array([0.1, 0.7, 0.3])
+    if model.history_tau_ms == 0:
+        assert model.alert_level(c, np.arange(3), np.zeros(3, np.int64)).tolist() == c.tolist()
+    else:  # the shipped model has a history: the EW mean of one symbol, the first row its own value
+        got = model.alert_level(c, np.array([0.0, 10.0, 20.0]), np.zeros(3, np.int64))
+        a = np.exp(-10.0 / model.history_tau_ms)
+        assert got.tolist() == pytest.approx([0.1, 0.1, 0.1 * a + 0.7 * (1 - a)])
+
+
+# -- both models in one session --------------------------------------------------------------------------
+
+def test_model_pair_scores_exactly_what_the_two_models_do(model: Model, rows: np.ndarray) -> None:
+    from procs.model import ModelPair
+
+    pytest.importorskip("onnx")
+    direction = Model.load(ROOT / "models" / "direction.onnx", kind="direction")
+    pair, why = ModelPair.build(model, direction)
+    assert pair is not None, why
+    for n in (1, 3, len(rows)):
+        a, d = pair.score(rows[:n])
+        np.testing.assert_array_equal(a, model.score(rows[:n]))
+        np.testing.assert_array_equal(d, direction.score(rows[:n]))
+
+
+def test_model_pair_without_onnx_falls_back_and_says_why(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from procs.model import ModelPair
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on a runtime-only install
+    pair, why = ModelPair.build(model, Model.load(ROOT / "models" / "direction.onnx", kind="direction"))
+    assert pair is None and "onnx package" in why

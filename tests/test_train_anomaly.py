@@ -164,50 +164,54 @@ def test_shipped_sidecar_is_complete_and_consistent(shipped: tuple[Model, dict])
 
 
 def test_shipped_graph_matches_a_numpy_forward_from_the_sidecar(shipped: tuple[Model, dict]) -> None:
-    """The graph is what the sidecar says: lookup, per-symbol asinh, encoder, decoder, negative ELBO, r."""
+    """The graph is what the sidecar says: lookup, per-symbol asinh, encoder, decoder, negative ELBO, r. The
+    lookup, normalisation and calibration come from the sidecar; the weights from the graph, whose
+    per-symbol table (the folded one-hot, scripts/train_anomaly.py inference_module) must agree with the sidecar."""
     from onnx import numpy_helper
 
     m, meta = shipped
     g = onnx.load(str(SHIPPED)).graph
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
-    gemms = [n for n in g.node if n.op_type == "Gemm"]
-    assert len(gemms) == 6, [n.op_type for n in g.node]  # encoder 3, decoder 3, in execution order
+    assert len([n for n in g.node if n.op_type != "Constant"]) <= 45  # the lean export, not the 99-node one
 
-    def layer(node, h: np.ndarray) -> np.ndarray:
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        w = init[node.input[1]]
-        return h @ (w.T if trans_b else w) + init[node.input[2]]
+    def silu(h: np.ndarray) -> np.ndarray:
+        return h / (1.0 + np.exp(-h))
 
-    def mlp(nodes, h: np.ndarray) -> np.ndarray:
-        for i, node in enumerate(nodes):
-            h = layer(node, h)
-            if i < len(nodes) - 1:
-                h = h / (1.0 + np.exp(-h))  # SiLU
-        return h
+    def lin(h: np.ndarray, w: str, b: str | np.ndarray) -> np.ndarray:
+        return h @ init[w].T + (init[b] if isinstance(b, str) else b)
 
     norm, sc = meta["normalisation"], meta["score"]
     syms = norm["symbols"]
+    log_mid = np.asarray(norm["log_mid"])
+    rank = np.argsort(np.argsort(log_mid))  # the graph's table is in order of price
     rng = np.random.default_rng(3)
     n = 256
     k = rng.integers(0, len(syms), n)
     z = np.empty((n, len(meta["features"])))
-    z[:, 0] = np.exp(np.asarray(norm["log_mid"])[k]) * (1 + 0.002 * rng.standard_normal(n))
+    z[:, 0] = np.exp(log_mid[k]) * (1 + 0.002 * rng.standard_normal(n))
     centre, scale = np.asarray(norm["centre"]), np.asarray(norm["scale"])
     z[:, 1:] = centre[k] + scale[k] * rng.standard_normal((n, centre.shape[1])) * rng.choice([1, 3, 10], (n, 1))
     x = np.zeros((n, len(FEATURE_NAMES)))
     for j, name in enumerate(meta["features"]):
         x[:, FEATURE_NAMES.index(name)] = z[:, j] * meta["std"][j] + meta["mean"][j]
 
-    kk = np.argmin(np.abs(np.log(x[:, 0:1]) - np.asarray(norm["log_mid"])), axis=1)
+    kk = np.argmin(np.abs(np.log(x[:, 0:1]) - log_mid), axis=1)
     assert (kk == k).all()
     zz = (x[:, [FEATURE_NAMES.index(f) for f in meta["features"]]] - meta["mean"]) / meta["std"]
-    u = np.arcsinh((zz[:, 1:] - centre[kk]) / scale[kk])
-    c = np.eye(len(syms))[kk]
-    h = mlp(gemms[:3], np.concatenate([u, c], axis=1))
+    f = zz.shape[1]
+    table = init["table"][rank[kk]]
+    hidden = init["w_enc0"].shape[0]
+    np.testing.assert_allclose(table[:, 1:f], centre[kk], rtol=1e-6)  # the graph's centre and scale: the sidecar's
+    np.testing.assert_allclose(table[:, f + 1:2 * f], 1 / scale[kk], rtol=1e-6)
+    u = np.c_[np.zeros(n), np.arcsinh((zz[:, 1:] - centre[kk]) / scale[kk])]  # column 0: mid's dummy
+    h = lin(silu(lin(silu(lin(u, "w_enc0", table[:, 2 * f:2 * f + hidden])), "enc2.weight", "enc2.bias")),
+            "enc4.weight", "enc4.bias")
     lat = h.shape[1] // 2
     mu, lv = h[:, :lat], np.clip(h[:, lat:], *ta.LOGVAR_Z)
-    o = mlp(gemms[3:], np.concatenate([mu, c], axis=1))
-    mean, ls = o[:, :u.shape[1]], np.clip(o[:, u.shape[1]:], *ta.LOGVAR_X)
+    o = lin(silu(lin(silu(lin(mu, "w_dec0", table[:, 2 * f + hidden:2 * f + 2 * hidden])), "dec2.weight",
+                          "dec2.bias")), "w_dec4", "b_dec4")
+    mean, ls = o[:, 1:f], np.clip(-o[:, f + 1:], *ta.LOGVAR_X)  # the head holds -log var
+    u = u[:, 1:]
     s = 0.5 * np.sum((u - mean) ** 2 * np.exp(-ls) + ls, axis=1) - 0.5 * np.sum(1 + lv - mu ** 2 - np.exp(lv), axis=1)
     calm = np.array([sc["score_calm"][sym] for sym in syms])[kk]
     ref = np.array([sc["score_ref"][sym] for sym in syms])[kk]
@@ -215,3 +219,43 @@ def test_shipped_graph_matches_a_numpy_forward_from_the_sidecar(shipped: tuple[M
     got = m.score(x)
     np.testing.assert_allclose(got[:, 0], r / (1 + r), atol=1e-4)
     np.testing.assert_allclose(got[:, 1], np.log1p(r), rtol=1e-4, atol=1e-4)
+
+
+def test_shipped_history_is_the_one_chosen_on_validation(shipped: tuple[Model, dict]) -> None:
+    m, meta = shipped
+    grid = meta["metrics"]["calibration"]["history_grid"]
+    assert set(grid) == {str(t) for t in ta.HISTORY_TAUS_MS}
+    best = max(grid, key=lambda t: (grid[t]["objective_value"], -int(t)))
+    assert m.history_tau_ms == float(best) and (("history" in meta) == (int(best) > 0))
+    assert grid[best]["threshold"] == pytest.approx(meta["threshold"], abs=1e-6)
+
+
+def test_window_metrics_agree_with_the_evaluation_definitions() -> None:
+    """scripts/train_anomaly.py and procs/evaluation.py (so evaluate.py and model_report.py) count windows
+    and episodes the same way: one definition, procs.metrics_ml.merge_episodes."""
+    from procs import metrics_ml as mm
+
+    ds = _toy()
+    rng = np.random.default_rng(4)
+    level = np.where(rng.random(len(ds)) < 0.05, 0.9, 0.1)
+    level[(ds.e_ms >= 1_010_300) & (ds.e_ms <= 1_010_500)] = 0.9
+    wm = ta.window_metrics([ds], [level], 0.5)
+    alert = level > 0.5
+    wr = mm.window_recall(alert, ds.symbol, ds.e_ms, ds.windows, ds.symbols, ANOMALY_KINDS)
+    assert (wm["windows"], wm["caught"]) == (wr["all"]["windows"], wr["all"]["caught"])
+    for tol in ta.TOLERANCES_MS:
+        ep = mm.alert_episodes(alert, ds.symbol, ds.e_ms, ds.windows, ds.symbols, ANOMALY_KINDS, grace_ms=tol)
+        assert ep["episodes"] == wm["episodes"] and ep["gap_ms"] == wm["pause_hold_ms"]
+        assert wm["precision"][f"tolerance_{tol}ms"] == round(ep["precision"], 4)
+
+
+def test_choose_history_picks_a_history_when_only_persistence_gives_the_anomaly_away() -> None:
+    ds = _toy()
+    rng = np.random.default_rng(6)
+    level = rng.uniform(0.0, 0.6, len(ds))  # calm: single rows reach 0.6, but not for long
+    inside = (ds.e_ms >= ds.windows[0]["start_E_ms"]) & (ds.e_ms <= ds.windows[0]["end_E_ms"])
+    level[inside] = 0.45  # the anomaly: never above a calm row's peak, but it persists
+    tau, thr, cal = ta.choose_history([ds], [level], taus=(0, 500))
+    assert tau == 500 and cal["objective_value"] == 1.0 and set(cal["history_grid"]) == {"0", "500"}
+    assert cal["history_grid"]["500"]["threshold"] == pytest.approx(thr, abs=1e-6)
+    assert cal["history_grid"]["0"]["objective_value"] < 1.0
