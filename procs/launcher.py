@@ -472,7 +472,8 @@ class Launcher:
         for a in self.agents:
             names = counter_names(a)
             row = stats[self.ids[a]]["counters"]
-            counters[a] = {n: int(row[i]) for i, n in enumerate(names)}
+            counters[a] = {n: int(row[i]) if not n.startswith("pnl_") else int(np.int64(row[i].view(np.int64)))
+                           for i, n in enumerate(names)}
         counters["orders_sink"] = {"received": sink.count, "new": int(sink.by_action[0]),
                                    "cancel": int(sink.by_action[1]), "replace": int(sink.by_action[2]),
                                    "reports": sink.fills_count,

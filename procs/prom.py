@@ -221,7 +221,11 @@ class PipelineCollector:
             if fill is not None:
                 yield from one("orders_filled", f"Fills reported to the strategy (counter {fill})", strat[fill])
             for n, val in strat.items():
-                if n.startswith("pnl_") and len(n) > 4:
+                if n.startswith("pnl_") and n.endswith("_e6"):  # millionths of the quote currency
+                    name = n.removeprefix("pnl_").removesuffix("_e6")
+                    yield GaugeMetricFamily(PREFIX + "strategy_" + name, f"Strategy {name} over every sleeve and "
+                                            "symbol, quote currency", value=_signed(val) / 1e6)
+                elif n.startswith("pnl_") and len(n) > 4:
                     yield GaugeMetricFamily(PREFIX + n, f"Strategy counter {n} (int64, the strategy's units)",
                                             value=_signed(val))
         if v.sink is not None:

@@ -32,7 +32,7 @@ from procs.kernels import reasons as R
 from procs.kernels.cstep import STEP_SIG, V1_I8, V2_F8, V2_I8, Pack
 from shm import hdr
 from shm import nbops as tp
-from shm.records import BOOK, FILL, ORDER, SCORE
+from shm.records import BOOK, FILL, ORDER, PRICE_SCALE, SCORE
 from shm.ring import Board, SpscRing
 
 #: Book updates taken per step.
@@ -182,7 +182,10 @@ class StrategyAgent(StepAgent):
     name = "strategy"
     AUX_HIST = "decision"
     COUNTERS = ("books_in", "orders_out", "orders_dropped", "fills_out", "fills_dropped", "steps",
-                *(n for n, _ in _G_EXPORT), *(n for n, _ in _REJ_EXPORT), "rejects_other")
+                *(n for n, _ in _G_EXPORT), *(n for n, _ in _REJ_EXPORT), "rejects_other",
+                # P&L over every sleeve and symbol in millionths of the quote currency (counters are int64):
+                # Prometheus shows them as tickpipe_strategy_equity / _realized / _fees
+                "pnl_equity_e6", "pnl_realized_e6", "pnl_fees_e6")
 
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
@@ -247,6 +250,15 @@ class StrategyAgent(StepAgent):
             c[base + j] = rej[code]
             named += int(rej[code])
         c[base + len(_REJ_EXPORT)] = int(rej.sum()) - named
+        base += len(_REJ_EXPORT) + 1
+        acct = self.core.acct
+        books = self.core.books
+        mids = 0.5 * (books["bid_px"] + books["ask_px"]) / PRICE_SCALE
+        rows = acct[:, E.A_ACTIVE] != 0
+        sym = np.arange(acct.shape[0]) // E.N_TAGS
+        eq = float(np.sum(acct[rows, E.A_CASH] + acct[rows, E.A_POS] * mids[sym[rows]]))
+        for j, v in enumerate((eq, float(acct[rows, E.A_REAL].sum()), float(acct[rows, E.A_FEES].sum()))):
+            c[base + j] = np.int64(round(v * 1e6)).view(np.uint64)  # the slots are u8: keep the sign's bits
         self._flush_equity()
 
     def results(self) -> dict:

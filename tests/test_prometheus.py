@@ -184,11 +184,12 @@ def _dashboard_exprs() -> list[str]:
 
 
 def test_dashboard_uses_only_exported_series() -> None:
-    view, _ = _view(("books_in", "orders_out", "orders_dropped", "fills", "pnl_realized"))
+    from procs.strategy import StrategyAgent
+
+    view, _ = _view(StrategyAgent.COUNTERS)  # the strategy's real counters: its P&L gauges included
     exported = {n for n, _ in _scrape(prom.PipelineCollector(view))}
     used = {m for e in _dashboard_exprs() for m in re.findall(r"\btickpipe_\w+", e)}
-    # tickpipe_strategy_equity is the P&L gauge the strategy / paper exchange is to export (documented in README)
-    assert used - {"tickpipe_strategy_equity", "tickpipe_pnl_"} <= exported, used - exported
+    assert {"tickpipe_strategy_equity", "tickpipe_strategy_realized"} <= used <= exported, used - exported
 
 
 # -- the real Prometheus server ------------------------------------------------------------------------
@@ -265,8 +266,9 @@ def test_real_prometheus_scrapes_a_run(tmp_path: Path) -> None:
         assert {r["metric"]["ring"] for r in lags} >= {"market", "book", "orders"}
         # every strategy counter appears in the generic series, whatever the strategy's COUNTERS hold now
         assert scalar('count(max_over_time(tickpipe_stage_counter_total{stage="strategy"}[5m]))') == \
-            len(counter_names("strategy"))
+            len([n for n in counter_names("strategy") if not n.startswith("pnl_")])  # P&L: gauges of their own
         assert scalar('max_over_time(tickpipe_e2e_latency_seconds_count{stage="strategy"}[5m])') > 0
+        assert len(query("max_over_time(tickpipe_strategy_equity[5m])")) == 1  # the P&L gauge the dashboard plots
         buckets = 'max_over_time(tickpipe_e2e_latency_seconds_bucket{stage="strategy"}[5m])'
         p50 = scalar(f"histogram_quantile(0.5, {buckets})")
         assert 1e-7 < p50 < 10
