@@ -9,6 +9,7 @@ import pytest
 from procs.api import BUY, SELL, Strategy, cancel, cancel_all, limit, market, njit, replace
 from procs.config import Config
 from procs.kernels import engine as E
+from procs.kernels import reasons as R
 from procs.sandbox import Sandbox
 from shm.records import BOOK, FLAG_BOOK_VALID
 
@@ -230,6 +231,8 @@ def test_kill_switch_cancels_flattens_refuses_then_recovers(warm: None) -> None:
     assert int(sent[-1]["order_type"]) == E.MARKET and int(sent[-1]["side"]) == SELL
     sb.feed(book(0, 1101))
     assert sb.position(0) == pytest.approx(0.0)
+    canceled = sb.reports[sb.reports["status"] == E.CANCELED]
+    assert [int(x) for x in canceled["reason"]] == [R.KILL_SWITCH_CANCEL]  # the report says why
     assert do(sb, 0, 1200, CMD_LIMIT, side=BUY, px=99.0, qty=0.1) == 0
     assert sb.rejects() == {"kill_switch": 1}
     sb.set_score(0, flag=False)
@@ -251,6 +254,7 @@ def test_max_loss_halts_cancels_and_flattens(warm: None) -> None:
     sb.feed(book(0, 2001, bids=((97.0, 5.0),), asks=((100.0, 5.0),)))
     assert sb.position(0) == pytest.approx(0.0)
     assert [int(x) for x in sb.reports["status"][-3:]] == [E.CANCELED, E.ACK, E.FILLED]
+    assert int(sb.reports["reason"][-3]) == R.MAX_LOSS_CANCEL
     assert do(sb, 0, 2002, CMD_MARKET, side=BUY, qty=0.1) == 0
     assert sb.rejects() == {"max_loss_halted": 1}
 
@@ -267,7 +271,7 @@ def test_cancel_and_replace_update_the_order_table(warm: None) -> None:
     assert do(sb, 0, 1004, CMD_CANCEL, cid=cid) == 1.0
     assert do(sb, 0, 1005, CMD_CANCEL, cid=cid) == 0.0  # a cancel is already on its way
     sb.feed(book(0, 1006))
-    assert int(sb.reports[-1]["status"]) == E.CANCELED
+    assert int(sb.reports[-1]["status"]) == E.CANCELED and int(sb.reports[-1]["reason"]) == R.USER_CANCEL
     assert sb.account(0)["open_buy"] == 0.0
     assert do(sb, 0, 1007, CMD_CANCEL, cid=cid) == 0.0  # no longer live
 

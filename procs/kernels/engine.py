@@ -127,9 +127,9 @@ RS_NEXT_TIMER_MS = 3
 N_RS = 4
 
 #: client order table entry
+#: live: 0 free, 1 live, 2 live with a cancel on its way (cancel_reason: why, for the report)
 OO_DTYPE = np.dtype([("cid", "i8"), ("symbol", "i8"), ("tag", "i8"), ("side", "i8"), ("otype", "i8"),
-                     ("price", "i8"), ("qty", "i8"), ("leaves", "i8"),
-                     ("live", "i8")])  # live: 0 free, 1 live, 2 live with a cancel on its way
+                     ("price", "i8"), ("qty", "i8"), ("leaves", "i8"), ("live", "i8"), ("cancel_reason", "i8")])
 #: equity.csv columns
 EQ_COLUMNS = ("exch_ts_ms", "symbol", "tag", "position", "avg_price", "cash", "fees", "realized", "unrealized",
               "mid", "equity")
@@ -500,6 +500,7 @@ def _send_new(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, p
     o.qty = qty
     o.leaves = qty
     o.live = 1
+    o.cancel_reason = 0
     a = ctx.acct[s * N_TAGS + tag]
     a[A_OPEN_BUY + side] += qty / QTY_SCALE
     a[A_ACTIVE] = 1.0
@@ -524,12 +525,19 @@ def market(ctx, s: int, side: int, qty: float, tag: int = 0) -> int:
 @njit(cache=True)
 def cancel(ctx, cid: int) -> bool:
     """Ask the exchange to cancel a live order (never refused by risk: cancels only reduce it)."""
+    return _cancel(ctx, cid, R.USER_CANCEL)
+
+
+@njit(cache=True)
+def _cancel(ctx, cid: int, why: int) -> bool:
+    """A cancel whose report will carry `why` (the exchange only knows it was asked to cancel)."""
     slot = cid & (MAX_OPEN - 1)
     o = ctx.oo[slot]
     if cid <= 0 or o.live != 1 or o.cid != cid:  # live 2: a cancel is already on its way
         return False
     if _stage(ctx, o.symbol, cid, o.tag, o.side, o.otype, ACTION_CANCEL, False, o.price, 0, _mid_px(ctx, o.symbol)):
         o.live = 2
+        o.cancel_reason = why
         ctx.g[G_CANCELS] += 1
         return True
     return False
@@ -613,6 +621,8 @@ def _apply(ctx, r) -> None:
     if o.live == 0 or o.cid != r.client_order_id:
         return
     a = ctx.acct[o.symbol * N_TAGS + o.tag]
+    if r.status == CANCELED and o.live == 2:
+        r.reason = o.cancel_reason  # the report (and fills.csv) says why we canceled: user, kill switch, max loss
     if r.qty > 0:
         _account_fill(a, o.side, r.price / PRICE_SCALE, r.qty / QTY_SCALE, r.fee / PRICE_SCALE)
         ctx.g[G_FILLS] += 1
@@ -655,8 +665,8 @@ def _risk_state(ctx, s: int) -> None:
                 ctx.g[G_KILLS] += 1
                 for i in range(ctx.oo.shape[0]):
                     o = ctx.oo[i]
-                    if o.live != 0 and o.symbol == s:
-                        cancel(ctx, o.cid)
+                    if o.live == 1 and o.symbol == s:
+                        _cancel(ctx, o.cid, R.KILL_SWITCH_CANCEL)
                 if rp[RP_KILL_FLATTEN] != 0:
                     _flatten(ctx, s)
         elif ctx.rs[s, RS_KILLED] != 0 and now >= ctx.rs[s, RS_KILL_UNTIL_MS]:
@@ -665,8 +675,8 @@ def _risk_state(ctx, s: int) -> None:
         ctx.g[G_HALTED] = 1
         for i in range(ctx.oo.shape[0]):
             o = ctx.oo[i]
-            if o.live != 0:
-                cancel(ctx, o.cid)
+            if o.live == 1:
+                _cancel(ctx, o.cid, R.MAX_LOSS_CANCEL)
         for sym in range(ctx.books.shape[0]):
             if book_valid(ctx, sym):
                 _flatten(ctx, sym)
