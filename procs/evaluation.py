@@ -16,8 +16,9 @@ The sidecar's "kind" decides the evaluation (a sidecar without one is an anomaly
   "up iff P(up) > threshold" with a Wilson 95 % interval, log loss, ROC-AUC, and baselines (see
   `evaluate_direction`).
 - **strategy effect** (`strategy_effect`): the simulator through the real parser, book kernel, model
-  and the strategy's own `decide` (procs/kernels/strategy.py) in one process, once with the anomaly
-  flags and once with them cleared, counting the quotes placed inside labelled windows and outside.
+  and the built-in market maker on the strategy engine (procs/sandbox.py: paper exchange, risk, kill
+  switch) in one process, once with the anomaly flags and once with them cleared, counting the quotes
+  placed inside labelled windows and outside.
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from procs import metrics_ml as mm
 from procs.datasets import ANOMALY_KINDS, SIM_START_MS, Dataset, from_capture, from_simulator
-from procs.kernels import strategy as sk
 from procs.model import Model, resolve_model_path
 from shm.features import FEATURE_INDEX
 
@@ -483,38 +482,16 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 # -- the strategy with and without the anomaly flag -----------------------------------------------------
 
-@njit(cache=True)
-def _drive(books: np.ndarray, scores: np.ndarray, st: np.ndarray, params: np.ndarray, g: np.ndarray,
-           out: np.ndarray, order_row: np.ndarray, quoted: np.ndarray) -> int:
-    """The strategy kernel's `decide` over books[i] with scores[i]; out[:n] the orders, order_row[j] the book
-    row that caused order j, quoted[i] whether a quote rests after row i. Returns n."""
-    n = 0
-    for i in range(books.shape[0]):
-        m = sk.decide(books[i], scores[i], True, st, params, g, out, n)
-        for j in range(n, m):
-            order_row[j] = i
-        n = m
-        s = books[i].symbol
-        quoted[i] = st[s, sk.Q_BID_PX] != 0 or st[s, sk.Q_ASK_PX] != 0
-    return n
+def _mm_config(strategy: Any, kill_switch: bool) -> tuple[Any, Any]:
+    """(MarketMaker, Config) for strategy_effect: run.py's defaults, `strategy` (a StrategyConfig or a dict of
+    the market maker's params) over them, the kill switch on or off."""
+    from procs.config import Config
+    from procs.strategies.market_maker import MarketMaker
 
-
-#: Settings of the market-maker kernel (procs/kernels/strategy.py) that strategy_effect drives, with the
-#: defaults StrategyConfig had before strategies became pluggable (issue 6 moved them to [strategy.params]).
-MM_DEFAULTS: dict[str, float] = {"spread_bps": 2.0, "skew_bps": 1.0, "order_qty": 0.01, "max_position": 1.0,
-                                 "requote_bps": 0.5, "pause_hold_ms": 500.0}
-
-
-def _mm_setting(strategy: Any, name: str) -> float:
-    """`name` from a strategy config: an attribute (older StrategyConfig), a key of its `params` table or of a
-    dict, else MM_DEFAULTS."""
-    if strategy is None:
-        return MM_DEFAULTS[name]
-    if isinstance(strategy, dict):
-        return float(strategy.get(name, MM_DEFAULTS[name]))
-    if hasattr(strategy, name):
-        return float(getattr(strategy, name))
-    return float(getattr(strategy, "params", {}).get(name, MM_DEFAULTS[name]))
+    cfg = Config()
+    params = dict(getattr(strategy, "params", strategy) or {}) if strategy is not None else {}
+    cfg.risk.kill_switch = kill_switch
+    return MarketMaker({k: v for k, v in params.items() if k in MarketMaker.PARAMS}), cfg
 
 
 def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequence[str] = DEFAULT_SYMBOLS,
@@ -522,8 +499,9 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
                     progress: Callable[[str], None] | None = log) -> dict[str, Any]:
     """Run `seconds` of the simulator through the real parser and book kernel, score every book update
     with the anomaly model (alert value > threshold sets FLAG_ANOMALY; values[SCORE_ANOMALY] is its level, as
-    in procs/inference.py), and drive the strategy's own kernel (`procs.kernels.strategy.decide`) twice
-    from the same records: with the flags, and with the flags cleared (same values, so the same spread).
+    in procs/inference.py), and drive the market maker (procs/strategies/market_maker.py on procs/sandbox.py)
+    twice from the same records: with the flags and the kill switch, and with the flags cleared (same values,
+    so the same spread).
 
     Deterministic: one process, and each update is decided with the score of its own features (zero
     inference latency; the pipeline's inference stage scores conflated, up to inference.min_interval_us
@@ -540,19 +518,24 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
         FLAG_ANOMALY,
         FLAG_BOOK_VALID,
         MARKET,
-        ORDER,
-        QTY_SCALE,
         SCORE,
         SCORE_ANOMALY,
         SCORE_ANOMALY_RAW,
+        SCORE_N_VALUES,
     )
 
     if model.kind != "anomaly":
         raise ValueError(f"{model.path}: sidecar field 'kind': expected 'anomaly' for the strategy effect, "
                          f"found {model.kind!r}")
-    cfg = {k: _mm_setting(strategy, k) for k in MM_DEFAULTS}
-    params = sk.params_from(cfg["spread_bps"], cfg["skew_bps"], round(cfg["order_qty"] * QTY_SCALE),
-                            round(cfg["max_position"] * QTY_SCALE), cfg["requote_bps"], cfg["pause_hold_ms"])
+    from procs.kernels import engine as E
+    from procs.sandbox import Sandbox
+
+    sandboxes = {}
+    for name, kill in (("flags", True), ("no_flags", False)):
+        mm_strategy, mm_cfg = _mm_config(strategy, kill)
+        sandboxes[name] = Sandbox(mm_strategy, list(symbols), mm_cfg)
+    mm_params = sandboxes["flags"].strategy.params
+    risk = _mm_config(strategy, True)[1].risk
     sim = Simulator(SimParams(symbols=list(symbols), seed=seed, anomalies_per_min=anomalies_per_min,
                               depth_interval_ms=100, rate_scale=1.0, start_ms=SIM_START_MS))
     table = SymbolTable(list(symbols))
@@ -563,7 +546,7 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
     recs = np.zeros(batch, MARKET.dtype)
     ob = np.zeros(batch, BOOK.dtype)
     of = np.zeros(batch, FEATURES.dtype)
-    runs = {name: (*sk.alloc(len(symbols)), np.zeros(2 * batch, ORDER.dtype)) for name in ("flags", "no_flags")}
+    runs = sandboxes
     rows_sym, rows_e, rows_valid, rows_alert = [], [], [], []
     ew_state = np.zeros((len(symbols), 4))
     quoted = {name: [] for name in runs}
@@ -588,14 +571,15 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
         rows_valid.append(valid)
         rows_alert.append((sc["flags"] & FLAG_ANOMALY) != 0)
         off = sc.copy()
-        off["flags"] = 0  # same scores, no flag: the strategy never pauses
+        off["flags"] = 0  # same scores, no flag: the kill switch never acts
+        sc["n_outputs"][valid] = SCORE_N_VALUES  # rows without a score (invalid books) leave the board as it was
+        off["n_outputs"] = sc["n_outputs"]
         for name, s in (("flags", sc), ("no_flags", off)):
-            st, g, out = runs[name]
-            order_row = np.zeros(len(out), np.int64)
-            q = np.zeros(k, np.bool_)
-            m = _drive(b, s, st, params, g, out, order_row, q)
+            sb = runs[name]
+            q = sb.feed(b, s)
             quoted[name].append(q)
-            orders[name].append((order_row[:m] + row_base, out["action"][:m].astype(np.int64)))
+            sent, rows, _ = sb.take()
+            orders[name].append((rows, sent["action"].astype(np.int64)))
         row_base += k
 
     t0 = None
@@ -637,8 +621,8 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
     res: dict[str, Any] = {"seed": seed, "seconds": seconds, "symbols": list(symbols),
                            "anomalies_per_min": anomalies_per_min, "warmup_s": warmup_s,
                            "threshold": model.threshold, "strategy": {
-                               "spread_bps": cfg["spread_bps"], "requote_bps": cfg["requote_bps"],
-                               "pause_hold_ms": cfg["pause_hold_ms"]}, "windows": len(sim.labels), "groups": {}}
+                               "spread_bps": mm_params["spread_bps"], "requote_bps": mm_params["requote_bps"],
+                               "pause_hold_ms": risk.kill_hold_ms}, "windows": len(sim.labels), "groups": {}}
     per_run = {}
     for name in runs:
         row = np.concatenate([o[0] for o in orders[name]]) if orders[name] else np.zeros(0, np.int64)
@@ -652,9 +636,9 @@ def strategy_effect(model: Model, *, seed: int, seconds: float, symbols: Sequenc
                              "windows": sum(1 for w in sim.labels if w["kind"] == gname) if gk else None}
         for name, (row, act, q) in per_run.items():
             in_g = kind[row] == gk
-            new = int(np.count_nonzero(in_g & (act == sk.ACTION_NEW)))
-            rep = int(np.count_nonzero(in_g & (act == sk.ACTION_REPLACE)))
-            d[name] = {"new": new, "replace": rep, "cancel": int(np.count_nonzero(in_g & (act == sk.ACTION_CANCEL))),
+            new = int(np.count_nonzero(in_g & (act == E.ACTION_NEW)))
+            rep = int(np.count_nonzero(in_g & (act == E.ACTION_REPLACE)))
+            d[name] = {"new": new, "replace": rep, "cancel": int(np.count_nonzero(in_g & (act == E.ACTION_CANCEL))),
                        "placed": new + rep,
                        "exposure": float(q[rows_in].mean()) if rows_in.any() else float("nan")}
         off_placed = d["no_flags"]["placed"]

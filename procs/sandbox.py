@@ -25,13 +25,20 @@ from shm.records import BOOK, FILL, FLAG_ANOMALY, ORDER, SCORE, SCORE_ANOMALY, S
 
 
 @njit
-def _run(ctx, books, on_book, on_trade, on_score, on_fill, on_timer, out_orders, out_fills, counts) -> None:
+def _run(ctx, books, scores, use_scores, on_book, on_trade, on_score, on_fill, on_timer, out_orders, out_fills,
+         counts, order_row, quoted, row0) -> None:
     for i in range(books.shape[0]):
+        s = books[i].symbol
+        if use_scores and scores[i].n_outputs > 0:  # the score of this row's own features, as the board would hold
+            ctx.scores[s] = scores[i]
+            ctx.scores[s].feature_seq = row0 + i + 1
+            ctx.has_score[s] = 1
         E.process(ctx, books[i], on_book, on_trade, on_score, on_fill, on_timer)
         n = ctx.g[E.G_N_OUT]
         for j in range(n):
             if counts[0] < out_orders.shape[0]:
                 out_orders[counts[0]] = ctx.out[j]
+                order_row[counts[0]] = row0 + i
                 counts[0] += 1
         nf = ctx.g[E.G_N_FILL]
         for j in range(nf):
@@ -41,6 +48,12 @@ def _run(ctx, books, on_book, on_trade, on_score, on_fill, on_timer, out_orders,
         ctx.g[E.G_N_OUT] = 0
         ctx.g[E.G_N_FILL] = 0
         ctx.g[E.G_DELIVERED] = 0
+        if i < quoted.shape[0]:  # a live order of any sleeve on the row's symbol after it
+            q = 0.0
+            for tag in range(E.N_TAGS):
+                a = ctx.acct[s * E.N_TAGS + tag]
+                q += a[E.A_OPEN_BUY] + a[E.A_OPEN_SELL]
+            quoted[i] = q > 0
 
 
 class Sandbox:
@@ -59,6 +72,8 @@ class Sandbox:
         self._orders = np.zeros(capacity, ORDER.dtype)
         self._fills = np.zeros(capacity, FILL.dtype)
         self._counts = np.zeros(2, np.int64)
+        self._order_row = np.zeros(capacity, np.int64)
+        self._rows = 0
 
     @property
     def ctx(self) -> Any:
@@ -77,10 +92,33 @@ class Sandbox:
         self.core.scores[s] = sc
         self.core.has_score[s] = 1
 
-    def feed(self, books: np.ndarray) -> None:
+    def feed(self, books: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        """Process BOOK records in order; with `scores` (one SCORE per record; n_outputs 0 for none), each
+        record's score is on the board when it is processed. Returns per record whether the strategy had a
+        live order on that record's symbol after it."""
         if books.dtype != BOOK.dtype:  # e.g. np.concatenate drops the layout's padding: restore it
             books = books.astype(BOOK.dtype)
-        _run(self.ctx, np.ascontiguousarray(books), *self.callbacks, self._orders, self._fills, self._counts)
+        books = np.ascontiguousarray(books)
+        use = scores is not None
+        sc = np.ascontiguousarray(scores.astype(SCORE.dtype)) if use else np.zeros(1, SCORE.dtype)
+        if use and len(sc) != len(books):
+            raise ValueError(f"scores: expected one per book record ({len(books)}), found {len(sc)}")
+        quoted = np.zeros(len(books), np.bool_)
+        _run(self.ctx, books, sc, use, *self.callbacks, self._orders, self._fills, self._counts, self._order_row,
+             quoted, self._rows)
+        self._rows += len(books)
+        return quoted
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(orders, their book rows, reports) so far, copied; the buffers start empty again (long runs)."""
+        out = (self.orders.copy(), self.order_rows.copy(), self.reports.copy())
+        self._counts[:] = 0
+        return out
+
+    @property
+    def order_rows(self) -> np.ndarray:
+        """For each order sent, the index (over everything fed) of the book record that caused it."""
+        return self._order_row[: self._counts[0]]
 
     @property
     def orders(self) -> np.ndarray:

@@ -9,8 +9,8 @@ to the strategy.
              the test split its sidecar records (metrics.split.test_start_ms, when trained on this capture),
              else trained_on.test_fraction, else the last 20 % of the exchange time. When the model or the
              shared data folder is missing, the report says which, and the two figures say so too.
-  strategy   the simulator through the real parser, book kernel, anomaly model and the strategy kernel's
-             own decide() in one process, once with the anomaly flags and once with them cleared: quotes
+  strategy   the simulator through the real parser, book kernel, anomaly model and the market maker on the
+             strategy engine (procs/sandbox.py) in one process, kill switch on with the flags and off: quotes
              placed (new + replace orders) inside labelled anomaly windows and outside, per kind, and the
              suppression ratio 1 - placed with the flag / placed without.
 
@@ -317,14 +317,15 @@ def main(argv: list[str] | None = None) -> int:
                                 anomalies_per_min=a.anomalies_per_min)
     data["strategy_effect"] = effect
     md += ["## Effect of the anomaly flag on the strategy", "",
-           "The simulator through the real parser, book kernel and anomaly model, and the strategy kernel's own "
-           "`decide()` (procs/kernels/strategy.py), in one process: once with the model's flags, once with them "
-           "cleared (same scores, so the same spread widening). Each update is decided with the score of its own "
+           "The simulator through the real parser, book kernel and anomaly model, and the built-in market maker "
+           "on the strategy engine with its paper exchange (procs/sandbox.py), in one process: once with the "
+           "model's flags and the kill switch on, once with the flags cleared (same scores, so the same spread "
+           "widening). Each update is decided with the score of its own "
            "features (zero inference latency; the pipeline scores conflated, up to `inference.min_interval_us` "
            "later).", "", ev.format_strategy_effect(effect), "",
-           "Without the flag the strategy never pulls, so it places no new quotes after the first two per symbol: "
-           "everything it places is a replace. With the flag, a pause pulls both quotes (cancels) and the quotes "
-           "come back as new orders once the flag has been clear for the hold time. Outside the windows, "
+           "Without the flag the kill switch never acts: quotes move by replaces, and new ones follow fills. With "
+           "the flag, the kill switch cancels both quotes and refuses new ones until the flag has been clear for "
+           "risk.kill_hold_ms; the quotes then come back as new orders. Outside the windows, "
            "the suppression is the cost of false alerts: quoting time lost for nothing.", ""]
     (out / "report.md").write_text("\n".join(md))
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")

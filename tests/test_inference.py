@@ -21,20 +21,14 @@ from procs import inference as inf
 from procs.agent import AgentContext
 from procs.config import Config
 from procs.inference import InferenceAgent, fill_scores, load_models, pair_id
-from procs.kernels import strategy as sk
 from procs.model import Model
 from shm.features import FEATURE_INDEX, FEATURE_NAMES
 from shm.metrics import RunState
 from shm.records import (
-    BOOK,
     FEATURES,
     FLAG_ANOMALY,
-    FLAG_BOOK_VALID,
     FLAG_FEATURES_WARM,
     KIND_SCORE,
-    ORDER,
-    PRICE_SCALE,
-    QTY_SCALE,
     SCORE,
     SCORE_ANOMALY,
     SCORE_ANOMALY_EXTRA,
@@ -229,28 +223,6 @@ def test_fill_scores_levels_and_flags() -> None:
     np.testing.assert_allclose(out["values"][:, SCORE_ANOMALY_RAW], [30.0, 1.5, -1.0])
     assert ctr[:6].tolist() == [1, 3, 5, 1, 3, 0]  # batches, scored, skipped, alerts, per model
     assert hist[0].sum() == 3 and (out["model_id"] == 7).all()
-
-
-def test_strategy_widens_by_the_level_not_the_raw_error() -> None:
-    """The strategy reads values[SCORE_ANOMALY]: with an error score far above 1, the spread at most doubles."""
-    def quote_width(level: float) -> int:
-        st, g = sk.alloc(1)
-        params = sk.params_from(2.0, 1.0, round(0.01 * QTY_SCALE), round(QTY_SCALE), 0.5, 0.0)
-        b = np.zeros(1, BOOK.dtype)
-        b["bid_px"], b["ask_px"] = 100 * PRICE_SCALE, round(100.02 * PRICE_SCALE)
-        b["bid_qty"] = b["ask_qty"] = QTY_SCALE
-        b["flags"] = FLAG_BOOK_VALID
-        s = np.zeros(1, SCORE.dtype)
-        s["values"][0, SCORE_ANOMALY] = level
-        s["values"][0, SCORE_ANOMALY_RAW] = 40.0  # a raw reconstruction error: never read by the strategy
-        out = np.zeros(4, ORDER.dtype)
-        n = sk.decide(b[0], s[0], True, st, params, g, out, 0)
-        assert n == 2
-        return int(out[1]["price"] - out[0]["price"])
-
-    calm, half, full = quote_width(0.0), quote_width(0.5), quote_width(1.0)
-    assert calm < half < full
-    assert full == pytest.approx(2 * calm, rel=0.01)
 
 
 def test_default_direction_model_absent_warns_and_runs(run_id: str, tmp_path: Path, models: dict[str, Path],

@@ -1,116 +1,140 @@
-"""The first-cut strategy's rules (procs/kernels/strategy.py) on crafted book updates and scores."""
+"""The built-in market maker (procs/strategies/market_maker.py) on the strategy engine, in-process."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from procs.kernels import strategy as sk
-from shm.records import BOOK, FLAG_ANOMALY, FLAG_BOOK_VALID, ORDER, PRICE_SCALE, QTY_SCALE, SCORE
+from procs.config import Config
+from procs.kernels import engine as E
+from procs.kernels import reasons as R
+from procs.sandbox import Sandbox
+from procs.strategies.market_maker import MarketMaker
+from shm.records import BOOK, FLAG_BOOK_VALID
 
-P = PRICE_SCALE
-Q = QTY_SCALE
+TICK = 0.01
 
 
-def book(bid: float, ask: float, bq: float = 1.0, aq: float = 1.0, valid: bool = True, t_ms: int = 0) -> np.ndarray:
+def ladder(ts: int, bid: float = 100.0, ask: float = 100.02, qty: float = 1.0, bid_qty: float | None = None,
+           ask_qty: float | None = None, valid: bool = True, s: int = 0) -> np.ndarray:
+    """A book with a level every tick, 10 deep on each side."""
     b = np.zeros(1, BOOK.dtype)
-    b["exch_ts_ms"] = t_ms
-    b["bid_px"], b["ask_px"] = round(bid * P), round(ask * P)
-    b["bid_qty"], b["ask_qty"] = round(bq * Q), round(aq * Q)
-    b["flags"] = FLAG_BOOK_VALID if valid else 0
-    b["t_origin_ns"] = 123
+    r = b[0]
+    r["symbol"], r["exch_ts_ms"] = s, ts
+    r["flags"] = FLAG_BOOK_VALID if valid else 0
+    for i in range(10):
+        r["bid_pxs"][i] = round((bid - i * TICK) * 1e8)
+        r["ask_pxs"][i] = round((ask + i * TICK) * 1e8)
+        r["bid_qtys"][i] = r["ask_qtys"][i] = round(qty * 1e8)
+    r["bid_qtys"][0] = round((bid_qty if bid_qty is not None else qty) * 1e8)
+    r["ask_qtys"][0] = round((ask_qty if ask_qty is not None else qty) * 1e8)
+    r["bid_px"], r["bid_qty"] = r["bid_pxs"][0], r["bid_qtys"][0]
+    r["ask_px"], r["ask_qty"] = r["ask_pxs"][0], r["ask_qtys"][0]
     return b
 
 
-def score(prob: float = 0.0, alert: bool = False) -> np.ndarray:
-    s = np.zeros(1, SCORE.dtype)
-    s["values"][0, 0] = prob
-    s["flags"] = FLAG_ANOMALY if alert else 0
-    return s
+def mm(**params: float) -> Sandbox:
+    cfg = Config()
+    cfg.paper.latency_ms = 0.0
+    cfg.risk.stale_ms = 0.0
+    p = {"spread_bps": 3.0, "requote_bps": 0.5, "qty": 0.01, "max_inventory": 0.02, **params}
+    return Sandbox(MarketMaker(p), ["X"], cfg)
 
 
-class Harness:
-    def __init__(self, spread_bps: float = 2.0, requote_bps: float = 0.5, max_position: float = 1.0,
-                 pause_hold_ms: float = 0.0) -> None:
-        self.st, self.g = sk.alloc(1)
-        self.params = sk.params_from(spread_bps, 1.0, round(0.01 * Q), round(max_position * Q), requote_bps,
-                                     pause_hold_ms)
-        self.out = np.zeros(8, ORDER.dtype)
-
-    def step(self, b: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
-        sc = s if s is not None else score()
-        n = sk.decide(b[0], sc[0], s is not None, self.st, self.params, self.g, self.out, 0)
-        return self.out[:n].copy()
-
-
-def test_quotes_both_sides_around_the_microprice_post_only() -> None:
-    h = Harness()
-    o = h.step(book(100.0, 100.02, bq=3.0, aq=1.0))  # bid-heavy: microprice above mid
-    assert len(o) == 2
-    bid, ask = o[0], o[1]
-    assert (bid["side"], bid["action"], ask["side"], ask["action"]) == (0, 0, 1, 0)
-    micro = (100.0 * 1.0 + 100.02 * 3.0) / 4.0
-    assert abs(bid["price"] / P - micro * (1 - 2e-4)) < 1e-6
-    assert abs(ask["price"] / P - micro * (1 + 2e-4)) < 1e-6
-    assert bid["price"] < round(100.02 * P) and ask["price"] > round(100.0 * P)
-    assert bid["qty"] == ask["qty"] == round(0.01 * Q)
-    assert bid["t_origin_ns"] == 123 and bid["client_order_id"] != ask["client_order_id"]
+def live_quotes(sb: Sandbox) -> dict[int, float]:
+    """side -> price of our resting quotes, from the orders and reports so far."""
+    price: dict[int, tuple[int, float]] = {}
+    for o in sb.orders:
+        cid = int(o["client_order_id"])
+        if int(o["action"]) in (E.ACTION_NEW, E.ACTION_REPLACE):
+            price[cid] = (int(o["side"]), o["price"] / 1e8)
+    for r in sb.reports:
+        if int(r["status"]) in (E.FILLED, E.CANCELED) or (int(r["status"]) == E.REJECTED and r["leaves_qty"] == 0):
+            price.pop(int(r["client_order_id"]), None)
+    return {side: px for side, px in price.values()}
 
 
-def test_no_requote_inside_the_tolerance_then_replace_outside() -> None:
-    h = Harness(requote_bps=0.5)
-    first = h.step(book(100.0, 100.02))
-    assert len(h.step(book(100.0001, 100.0201))) == 0  # moved 0.01 bps
-    moved = h.step(book(100.5, 100.52))  # moved 50 bps
-    assert [int(x) for x in moved["action"]] == [sk.ACTION_REPLACE, sk.ACTION_REPLACE]
-    assert moved["client_order_id"].tolist() == first["client_order_id"].tolist()
+def test_quotes_both_sides_on_visible_levels_around_the_microprice() -> None:
+    sb = mm()
+    sb.feed(ladder(1000))
+    sb.feed(ladder(1001))  # latency 0: acked with this record
+    q = live_quotes(sb)
+    # microprice 100.01 (equal sizes); half-spread 3 bps: targets 99.979997 / 100.040003, each joins the first
+    # level at or behind it
+    assert q == {E.BUY: pytest.approx(99.97), E.SELL: pytest.approx(100.05)}
+    assert all(int(o["flags"]) & 0x100 for o in sb.orders)  # post-only
+    assert [int(x) for x in sb.reports["status"]] == [E.ACK, E.ACK]
 
 
-def test_anomaly_pulls_quotes_and_pauses_until_it_clears() -> None:
-    h = Harness()
-    h.step(book(100.0, 100.02), score(0.1))
-    pulled = h.step(book(100.0, 100.02), score(0.9, alert=True))
-    assert [int(x) for x in pulled["action"]] == [sk.ACTION_CANCEL, sk.ACTION_CANCEL]
-    assert h.g[sk.G_PAUSES] == 1
-    assert len(h.step(book(101.0, 101.02), score(0.95, alert=True))) == 0  # still paused: nothing
-    back = h.step(book(101.0, 101.02), score(0.1))
-    assert [int(x) for x in back["action"]] == [sk.ACTION_NEW, sk.ACTION_NEW]
+def test_microprice_leans_toward_the_thin_side() -> None:
+    sb = mm(spread_bps=1.0)
+    sb.feed(ladder(1000, bid_qty=9.0, ask_qty=1.0))  # heavy bid: microprice near the ask
+    q = live_quotes(sb)
+    micro = (100.0 * 1.0 + 100.02 * 9.0) / 10.0
+    assert q[E.BUY] == pytest.approx(100.0)  # the target 100.008 is inside the spread: joins the best bid
+    assert q[E.SELL] == pytest.approx(100.03)  # first level at or beyond micro + 1 bp = 100.028
+    assert micro * (1 + 1e-4) == pytest.approx(100.028, abs=1e-3)
 
 
-def test_pause_holds_until_the_flag_has_been_clear_for_the_hold_time() -> None:
-    h = Harness(pause_hold_ms=500)
-    h.step(book(100.0, 100.02, t_ms=1000), score(0.1))
-    assert len(h.step(book(100.0, 100.02, t_ms=1100), score(0.9, alert=True))) == 2  # both pulled
-    # the flag flickers off: still out, for 500 ms of exchange time after the last alert
-    assert len(h.step(book(100.0, 100.02, t_ms=1300), score(0.2))) == 0
-    assert len(h.step(book(100.0, 100.02, t_ms=1500), score(0.9, alert=True))) == 0
-    assert len(h.step(book(100.0, 100.02, t_ms=1999), score(0.2))) == 0
-    back = h.step(book(100.0, 100.02, t_ms=2000), score(0.2))
-    assert [int(x) for x in back["action"]] == [sk.ACTION_NEW, sk.ACTION_NEW]
-    assert h.g[sk.G_PAUSES] == 1  # one pause, not one per flicker
+def test_requotes_only_beyond_the_tolerance() -> None:
+    sb = mm(spread_bps=2.5)  # targets 99.985 / 100.035: mid-tick, away from a level boundary
+    sb.feed(ladder(1000))
+    n = len(sb.orders)
+    sb.feed(ladder(1001, bid_qty=1.2))  # micro +0.001: the targets stay on the same levels
+    assert len(sb.orders) == n
+    sb.feed(ladder(1002, bid=100.01, ask=100.03))  # +0.01 (a tick, 1 bp): both quotes move, nothing crosses
+    assert [int(o["action"]) for o in sb.orders[n:]] == [E.ACTION_REPLACE, E.ACTION_REPLACE]
 
 
-def test_score_widens_the_spread() -> None:
-    calm, nervous = Harness(), Harness()
-    a = calm.step(book(100.0, 100.02), score(0.0))
-    b = nervous.step(book(100.0, 100.02), score(0.5))
-    assert b[1]["price"] - b[0]["price"] > a[1]["price"] - a[0]["price"]
+def test_anomaly_level_widens_the_spread_up_to_double() -> None:
+    def width(level: float) -> float:
+        sb = mm(spread_bps=4.0)
+        sb.set_score(0, anomaly=level)  # the level in [0, 1], never the raw error score
+        sb.feed(ladder(1000))
+        q = live_quotes(sb)
+        return q[E.SELL] - q[E.BUY]
+
+    calm, half, full = width(0.0), width(0.5), width(1.0)
+    assert calm < half < full
+    assert full - 0.02 == pytest.approx(2 * (calm - 0.02), abs=0.011)  # to a tick, net of the spread itself
 
 
-def test_invalid_book_is_not_traded() -> None:
-    h = Harness()
-    assert len(h.step(book(100.0, 100.02, valid=False))) == 0
-    assert len(h.step(book(100.0, 100.02, aq=0.0))) == 0
-    assert h.g[sk.G_INVALID] == 2 and h.g[sk.G_DECISIONS] == 0
+def test_kill_switch_pulls_quotes_and_they_return_after_the_hold() -> None:
+    sb = mm()
+    sb.core.rp[E.RP_KILL_SWITCH] = 1.0
+    sb.core.rp[E.RP_KILL_HOLD_MS] = 500.0
+    sb.feed(ladder(1000))
+    sb.feed(ladder(1001))
+    sb.set_score(0, flag=True, anomaly=1.0)
+    sb.feed(ladder(1100))
+    sb.feed(ladder(1101))
+    assert live_quotes(sb) == {}
+    cancels = sb.reports[sb.reports["status"] == E.CANCELED]
+    assert len(cancels) == 2 and set(cancels["reason"].tolist()) == {R.KILL_SWITCH_CANCEL}
+    sb.feed(ladder(1300))
+    assert live_quotes(sb) == {} and sb.rejects() == {}  # it stays out, it does not spam refused orders
+    sb.set_score(0, flag=False)
+    sb.feed(ladder(1400))  # clear, but the flag was last seen at 1300: held until 1800
+    assert live_quotes(sb) == {}
+    sb.feed(ladder(1800))
+    sb.feed(ladder(1801))
+    assert set(live_quotes(sb)) == {E.BUY, E.SELL}
 
 
-def test_position_limit_stops_the_side_that_would_add() -> None:
-    h = Harness(max_position=1.0)
-    h.step(book(100.0, 100.02))
-    h.st[0, sk.Q_POSITION] = round(1.0 * Q)  # long at the limit: no more bids
-    ask_before = int(h.st[0, sk.Q_ASK_PX])
-    o = h.step(book(100.0, 100.02))
-    assert o[0]["side"] == sk.SIDE_BUY and o[0]["action"] == sk.ACTION_CANCEL
-    # the inventory skew (1 bps at the limit) lowers the ask to sell the position down
-    assert len(o) == 2 and o[1]["side"] == sk.SIDE_SELL and o[1]["action"] == sk.ACTION_REPLACE
-    assert o[1]["price"] < ask_before
-    assert h.st[0, sk.Q_BID_PX] == 0 and h.st[0, sk.Q_ASK_PX] != 0
+def test_invalid_book_is_not_quoted() -> None:
+    sb = mm()
+    sb.feed(ladder(1000, valid=False))
+    assert len(sb.orders) == 0 and sb.rejects() == {}
+
+
+def test_inventory_limit_stops_the_side_that_would_add() -> None:
+    sb = mm(qty=0.01, max_inventory=0.01)
+    sb.feed(ladder(1000))
+    sb.feed(ladder(1001))
+    # the market sells through our bid: it fills, we are long the limit
+    sb.feed(ladder(1002, bid=99.90, ask=99.92))
+    assert sb.position(0) == pytest.approx(0.01)
+    sb.feed(ladder(1003, bid=99.90, ask=99.92))
+    sb.feed(ladder(1004, bid=99.90, ask=99.92))
+    q = live_quotes(sb)
+    assert E.BUY not in q and E.SELL in q  # only the side that reduces the inventory is quoted

@@ -45,7 +45,7 @@ def join_bid(book, target: float) -> float:
         if p <= 0:
             break
         px = p / PRICE_SCALE
-        if px <= target:
+        if px <= target * (1.0 + 1e-12):  # a target computed onto a level is on it despite rounding
             break
     return px
 
@@ -58,7 +58,7 @@ def join_ask(book, target: float) -> float:
         if p <= 0:
             break
         px = p / PRICE_SCALE
-        if px >= target:
+        if px >= target * (1.0 - 1e-12):
             break
     return px
 
