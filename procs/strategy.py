@@ -16,6 +16,7 @@ reason), and whatever the strategy's `close()` writes (e.g. parents.csv).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Callable
 from pathlib import Path
@@ -68,7 +69,13 @@ def _callbacks(cls: type[Strategy]) -> tuple:
     """The class's callbacks, the engine's no-ops for the ones it does not define."""
     def get(name: str, default: Callable) -> Callable:
         f = getattr(cls, name, None)
-        return default if f is None else f
+        if f is None:
+            return default
+        if hasattr(f, "enable_caching") and type(f._cache).__name__ == "NullCache":
+            # a user's plain @njit: cache it on disk like ours, so the next run loads it instead of compiling
+            with contextlib.suppress(Exception):  # e.g. defined in __main__ or a notebook: no file to cache by
+                f.enable_caching()
+        return f
 
     return (get("on_book", E.noop_book), get("on_trade", E.noop_trade), get("on_score", E.noop_score),
             get("on_fill", E.noop_fill), get("on_timer", E.noop_timer))
@@ -100,7 +107,6 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
         k = tp.peek(b_addr, 0, d[i_batch])
         if k == 0:
             return 0
-        t_in = tp.now_ns()
         slots = V_BOOK(d, i_slots)
         mask = d[i_mask]
         pos = tp.cons_pos(b_addr, 0)
@@ -111,27 +117,30 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
                   V1_I8(d, i_rate), V_ORDER(d, i_out), V_FILL(d, i_fills), V2_F8(d, i_eq), v_xorders(d, i_xo),
                   v_xmsgs(d, i_xm), V1_I8(d, i_xg), V1_F8(d, i_xp))
         s_addr = d[i_s]
+        ctr = V1_I8(d, i_ctr)
+        dec = V1_I8(d, i_dec)
+        out = ctx.out
         decided = 0
         for i in range(k):
             b = slots[(pos + i) & mask]
             s = b.symbol
             if s >= n_sym:
                 continue
+            t_in = tp.now_ns()
             has[s] = tp.board_read(s_addr, s, d[i_scores] + s * score_size)
-            n0 = g[g_n_out]
             E.process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer)
-            if g[g_n_out] > n0:
+            n = g[g_n_out]
+            if n:  # out at once: an order never waits for the rest of the batch
+                t_out = tp.now_ns()
+                for j in range(n):
+                    out[j].t_publish_ns = t_out
+                written = tp.write(d[i_o], d[i_out], n, order_size)
+                ctr[C_ORDERS_OUT] += written
+                ctr[C_ORDERS_DROPPED] += n - written
+                g[g_n_out] = 0
+                hdr.record(dec, t_out - t_in)  # this record taken → its orders published
                 decided += 1
         now = tp.now_ns()
-        ctr = V1_I8(d, i_ctr)
-        n = g[g_n_out]
-        if n:
-            out = ctx.out
-            for j in range(n):
-                out[j].t_publish_ns = now
-            written = tp.write(d[i_o], d[i_out], n, order_size)
-            ctr[C_ORDERS_OUT] += written
-            ctr[C_ORDERS_DROPPED] += n - written
         nf = g[g_n_fill]
         if nf:
             fills = ctx.fills
@@ -140,7 +149,6 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
             written = tp.write(d[i_f], d[i_fills], nf, fill_size)
             ctr[C_FILLS_OUT] += written
             ctr[C_FILLS_DROPPED] += nf - written
-        g[g_n_out] = 0
         g[g_n_fill] = 0
         g[g_delivered] = 0
         g[g_decided] += decided
@@ -150,8 +158,6 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
             b = slots[(pos + i) & mask]
             hdr.record(hop, now - b.t_publish_ns)
             hdr.record(e2e, now - b.t_origin_ns)  # tick to decision: acted on, orders out
-        if decided:
-            hdr.record_n(V1_I8(d, i_dec), now - t_in, decided)  # book record taken → its orders published
         tp.release(b_addr, 0, k)
         ctr[C_BOOKS_IN] += k
         ctr[C_STEPS] += 1

@@ -191,55 +191,55 @@ def risk_params(*, max_position: float = 0.0, max_order_qty: float = 0.0, max_no
 
 
 # == user-facing helpers (re-exported by procs.api) =================================================
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def to_px(x: float) -> int:
     return round(x * PRICE_SCALE)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def to_qty(x: float) -> int:
     return round(x * QTY_SCALE)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def now_ms(ctx) -> int:
     """Exchange time of the record being processed (the decision time)."""
     return ctx.g[G_CUR_MS]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def book_valid(ctx, s: int) -> bool:
     b = ctx.books[s]
     return (b.flags & FLAG_BOOK_VALID) != 0 and b.bid_px > 0 and b.ask_px > 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def bid(ctx, s: int) -> float:
     return ctx.books[s].bid_px / PRICE_SCALE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def ask(ctx, s: int) -> float:
     return ctx.books[s].ask_px / PRICE_SCALE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def bid_qty(ctx, s: int) -> float:
     return ctx.books[s].bid_qty / QTY_SCALE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def ask_qty(ctx, s: int) -> float:
     return ctx.books[s].ask_qty / QTY_SCALE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def mid(ctx, s: int) -> float:
     b = ctx.books[s]
     return 0.5 * (b.bid_px + b.ask_px) / PRICE_SCALE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def microprice(ctx, s: int) -> float:
     """Size-weighted mid: leans toward the side with less size (the likelier next move)."""
     b = ctx.books[s]
@@ -250,64 +250,64 @@ def microprice(ctx, s: int) -> float:
     return (b.bid_px * aq + b.ask_px * bq) / (bq + aq) / PRICE_SCALE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def spread_bps(ctx, s: int) -> float:
     b = ctx.books[s]
     m = 0.5 * (b.bid_px + b.ask_px)
     return (b.ask_px - b.bid_px) / m * 1e4 if m > 0 else np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def has_score(ctx, s: int) -> bool:
     return ctx.has_score[s] > 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def score_up(ctx, s: int) -> float:
     """P(next mid move is up) from the direction model; NaN before the first score or without the model."""
     return ctx.scores[s].values[SCORE_UP] if ctx.has_score[s] > 0 else np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def anomaly_level(ctx, s: int) -> float:
     """The anomaly model's level in [0, 1]; 0 before the first score."""
     return ctx.scores[s].values[SCORE_ANOMALY] if ctx.has_score[s] > 0 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def anomaly_flag(ctx, s: int) -> bool:
     return ctx.has_score[s] > 0 and (ctx.scores[s].flags & FLAG_ANOMALY) != 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def position(ctx, s: int, tag: int = 0) -> float:
     return ctx.acct[s * N_TAGS + tag, A_POS]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def avg_price(ctx, s: int, tag: int = 0) -> float:
     return ctx.acct[s * N_TAGS + tag, A_AVG]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def open_qty(ctx, s: int, side: int, tag: int = 0) -> float:
     """Qty of our live orders on one side (sent and not yet filled or canceled)."""
     return ctx.acct[s * N_TAGS + tag, A_OPEN_BUY + side]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def realized(ctx, s: int, tag: int = 0) -> float:
     return ctx.acct[s * N_TAGS + tag, A_REAL]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def equity(ctx, s: int, tag: int = 0) -> float:
     """Cash + position at the mid: realised + unrealised P&L, net of fees."""
     a = ctx.acct[s * N_TAGS + tag]
     return a[A_CASH] + a[A_POS] * mid(ctx, s)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def total_equity(ctx) -> float:
     tot = 0.0
     for r in range(ctx.acct.shape[0]):
@@ -317,12 +317,12 @@ def total_equity(ctx) -> float:
     return tot
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def halted(ctx) -> bool:
     return ctx.g[G_HALTED] != 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def tradable(ctx, s: int) -> bool:
     """New orders on s would pass the state checks: not halted, no kill switch, a fresh valid book."""
     if ctx.g[G_HALTED] != 0 or ctx.rs[s, RS_KILLED] != 0 or not book_valid(ctx, s):
@@ -331,21 +331,21 @@ def tradable(ctx, s: int) -> bool:
     return not (stale > 0 and ctx.g[G_NOW_MS] - ctx.books[s].exch_ts_ms > stale)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def order_leaves(ctx, cid: int) -> float:
     """Unfilled qty of our live order `cid`, 0 once it is done (filled, canceled, rejected) or unknown."""
     o = ctx.oo[cid & (MAX_OPEN - 1)]
     return o.leaves / QTY_SCALE if o.live != 0 and o.cid == cid else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def order_live(ctx, cid: int) -> bool:
     o = ctx.oo[cid & (MAX_OPEN - 1)]
     return cid > 0 and o.live != 0 and o.cid == cid
 
 
 # == the order path ===================================================================================
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _report(ctx, s: int, cid: int, tag: int, side: int, px: int, leaves: int, status: int, reason: int,
             mid_px: int) -> None:
     """A report made by the engine itself (a risk refusal): staged like the exchange's, delivered in order."""
@@ -376,7 +376,7 @@ def _report(ctx, s: int, cid: int, tag: int, side: int, px: int, leaves: int, st
     ctx.g[G_N_FILL] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _refuse(ctx, s: int, tag: int, side: int, px: int, qty: int, reason: int, mid_px: int) -> int:
     ctx.rej[reason] += 1
     ctx.g[G_REJECTS] += 1
@@ -384,7 +384,7 @@ def _refuse(ctx, s: int, tag: int, side: int, px: int, qty: int, reason: int, mi
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _stage(ctx, s: int, cid: int, tag: int, side: int, otype: int, action: int, post_only: bool, px: int, qty: int,
            mid_px: int) -> bool:
     """Put an order on the paper exchange's wire and in the orders ring's staging buffer."""
@@ -415,13 +415,13 @@ def _stage(ctx, s: int, cid: int, tag: int, side: int, otype: int, action: int, 
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _mid_px(ctx, s: int) -> int:
     b = ctx.books[s]
     return (b.bid_px + b.ask_px) // 2 if b.bid_px > 0 and b.ask_px > 0 else 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rate_ok(ctx) -> bool:
     cap = ctx.rate.shape[0]
     lim = int(ctx.rp[RP_MAX_ORDERS_PER_S])
@@ -432,7 +432,7 @@ def _rate_ok(ctx) -> bool:
     return h < lim or ctx.g[G_CUR_MS] - ctx.rate[(h - lim) % cap] >= 1000
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rate_push(ctx) -> None:
     cap = ctx.rate.shape[0]
     h = ctx.g[G_RATE_HEAD]
@@ -440,7 +440,7 @@ def _rate_push(ctx) -> None:
     ctx.g[G_RATE_HEAD] = h + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, old_leaves: int) -> int:
     """The risk checks for a new (or replaced: `old_leaves` is what it replaces) order; 0 or a reason."""
     if side < 0 or side > 1 or otype < 0 or otype > 1 or qty <= 0 or (otype == LIMIT and px <= 0) \
@@ -475,7 +475,7 @@ def _check(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, old_
     return R.NONE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _send_new(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, post_only: bool,
               bypass: bool) -> int:
     mid_px = _mid_px(ctx, s)
@@ -509,26 +509,26 @@ def _send_new(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, p
     return cid
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def limit(ctx, s: int, side: int, price: float, qty: float, tag: int = 0, post_only: bool = True) -> int:
     """A limit order (post-only by default). Returns its client order id, or 0 if the risk checks refused it
     (the refusal also comes back to on_fill as a `rejected` report with the reason)."""
     return _send_new(ctx, s, tag, side, LIMIT, to_px(price), to_qty(qty), post_only, False)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def market(ctx, s: int, side: int, qty: float, tag: int = 0) -> int:
     """A market order: takes the visible depth on the other side. Returns its id, or 0 if refused."""
     return _send_new(ctx, s, tag, side, MARKET, 0, to_qty(qty), False, False)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def cancel(ctx, cid: int) -> bool:
     """Ask the exchange to cancel a live order (never refused by risk: cancels only reduce it)."""
     return _cancel(ctx, cid, R.USER_CANCEL)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cancel(ctx, cid: int, why: int) -> bool:
     """A cancel whose report will carry `why` (the exchange only knows it was asked to cancel)."""
     slot = cid & (MAX_OPEN - 1)
@@ -543,7 +543,7 @@ def _cancel(ctx, cid: int, why: int) -> bool:
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def replace(ctx, cid: int, price: float, qty: float) -> bool:
     """Move a live limit order to a new price and/or qty (same price and less qty keeps its queue place)."""
     slot = cid & (MAX_OPEN - 1)
@@ -565,7 +565,7 @@ def replace(ctx, cid: int, price: float, qty: float) -> bool:
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def cancel_all(ctx, s: int, tag: int = -1) -> int:
     """Cancel every live order on symbol s (of one tag, or all tags with -1). Returns how many."""
     n = 0
@@ -576,7 +576,7 @@ def cancel_all(ctx, s: int, tag: int = -1) -> int:
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _flatten(ctx, s: int) -> None:
     """Market orders that bring every tag's position on s to zero, past the risk checks (they reduce risk)."""
     for tag in range(N_TAGS):
@@ -587,7 +587,7 @@ def _flatten(ctx, s: int) -> None:
 
 
 # == reports ==========================================================================================
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _account_fill(a, side: int, px: float, q: float, fee: float) -> None:
     """Average-cost accounting of one fill (a = the (symbol, tag) account row)."""
     sgn = 1.0 if side == BUY else -1.0
@@ -612,7 +612,7 @@ def _account_fill(a, side: int, px: float, q: float, fee: float) -> None:
     a[A_VOLUME] += px * q
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _apply(ctx, r) -> None:
     """Fold one execution report into the client order table and the account."""
     if r.client_order_id == 0:  # a risk refusal: nothing was live
@@ -641,18 +641,28 @@ def _apply(ctx, r) -> None:
         o.live = 1  # never expected (a cancel loses only to the order's end); keep the table consistent
 
 
+@njit(cache=True, _nrt=False)
+def next_report(ctx) -> int:
+    """Apply the next staged report to the order table and the account; its index in ctx.fills, or -1."""
+    i = ctx.g[G_DELIVERED]
+    if i >= ctx.g[G_N_FILL]:
+        return -1
+    ctx.g[G_DELIVERED] = i + 1
+    _apply(ctx, ctx.fills[i])
+    return i
+
+
 @njit
 def _deliver(ctx, on_fill) -> None:
-    """Apply staged reports in order and hand each to the user (whose orders may add more: loop)."""
-    while ctx.g[G_DELIVERED] < ctx.g[G_N_FILL]:
-        i = ctx.g[G_DELIVERED]
-        ctx.g[G_DELIVERED] = i + 1
+    """Hand each staged report to the user in order (whose orders may add more: loop)."""
+    i = next_report(ctx)
+    while i >= 0:
         r = ctx.fills[i]
-        _apply(ctx, r)
         on_fill(ctx, r.symbol, r)
+        i = next_report(ctx)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _risk_state(ctx, s: int) -> None:
     """Kill switch on s and the max-loss halt, driven by the newest score and the account."""
     rp = ctx.rp
@@ -682,7 +692,7 @@ def _risk_state(ctx, s: int) -> None:
                 _flatten(ctx, sym)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sample_equity(ctx) -> None:
     now = ctx.g[G_CUR_MS]
     if now < ctx.g[G_NEXT_EQ_MS]:
@@ -692,7 +702,7 @@ def _sample_equity(ctx) -> None:
     write_equity(ctx, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_equity(ctx, now: int) -> None:
     for row in range(ctx.acct.shape[0]):
         a = ctx.acct[row]
@@ -719,11 +729,9 @@ def write_equity(ctx, now: int) -> None:
         ctx.g[G_N_EQ] = k + 1
 
 
-@njit
-def process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer) -> None:
-    """Everything one BOOK record causes (module docstring). The score board has been read into
-    ctx.scores[s] by the caller."""
-    s = b.symbol
+@njit(cache=True, _nrt=False)
+def begin(ctx, b) -> None:
+    """Clocks, then the paper exchange on the record (its reports staged for delivery)."""
     ts = b.exch_ts_ms
     ctx.g[G_CUR_MS] = ts
     if ts > ctx.g[G_NOW_MS]:
@@ -731,11 +739,37 @@ def process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer) -> None:
     ctx.g[G_BOOKS] += 1
     ctx.g[G_N_FILL] = paper.on_book(ctx.x_orders, ctx.x_msgs, ctx.books, ctx.x_glob, ctx.x_params, b, ctx.fills,
                                     ctx.g[G_N_FILL])
+
+
+@njit(cache=True, _nrt=False)
+def score_due(ctx, s: int) -> bool:
+    """The symbol's score changed since on_score last saw it (marks it seen)."""
+    if ctx.has_score[s] > 0 and ctx.scores[s].feature_seq != ctx.rs[s, RS_SCORE_SEQ]:
+        ctx.rs[s, RS_SCORE_SEQ] = ctx.scores[s].feature_seq
+        return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def timer_due(ctx, s: int, ts: int) -> bool:
+    tm = int(ctx.rp[RP_TIMER_MS])
+    if tm > 0 and ts >= ctx.rs[s, RS_NEXT_TIMER_MS]:
+        ctx.rs[s, RS_NEXT_TIMER_MS] = (ts // tm + 1) * tm
+        return True
+    return False
+
+
+@njit
+def process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer) -> None:
+    """Everything one BOOK record causes (module docstring). The score board has been read into
+    ctx.scores[s] by the caller. Only this thin sequence is compiled per strategy (it takes the
+    callbacks); the work is in the cached functions it calls, so a run starts without recompiling them."""
+    s = b.symbol
+    begin(ctx, b)
     _deliver(ctx, on_fill)
     _risk_state(ctx, s)
     _deliver(ctx, on_fill)
-    if ctx.has_score[s] > 0 and ctx.scores[s].feature_seq != ctx.rs[s, RS_SCORE_SEQ]:
-        ctx.rs[s, RS_SCORE_SEQ] = ctx.scores[s].feature_seq
+    if score_due(ctx, s):
         on_score(ctx, s, ctx.scores[s])
         _deliver(ctx, on_fill)
     if b.trade_qty != 0:
@@ -743,35 +777,33 @@ def process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer) -> None:
         _deliver(ctx, on_fill)
     on_book(ctx, s, b)
     _deliver(ctx, on_fill)
-    tm = int(ctx.rp[RP_TIMER_MS])
-    if tm > 0 and ts >= ctx.rs[s, RS_NEXT_TIMER_MS]:
-        ctx.rs[s, RS_NEXT_TIMER_MS] = (ts // tm + 1) * tm
-        on_timer(ctx, s, ts)
+    if timer_due(ctx, s, b.exch_ts_ms):
+        on_timer(ctx, s, b.exch_ts_ms)
         _deliver(ctx, on_fill)
     _sample_equity(ctx)
 
 
 # -- no-op callbacks for the ones a strategy does not define -----------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def noop_book(ctx, s, b) -> None:
     pass
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def noop_trade(ctx, s, px, qty) -> None:
     pass
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def noop_score(ctx, s, score) -> None:
     pass
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def noop_fill(ctx, s, fill) -> None:
     pass
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def noop_timer(ctx, s, now) -> None:
     pass
