@@ -29,7 +29,7 @@ client_order_id 0 and its reason), replaced; use `fill_price/fill_qty/fill_statu
 (floats; `ctx.st[s].name = x` writes it). Orders: `limit`, `market`, `cancel`, `replace`, `cancel_all`;
 each new order passes the risk checks ([risk] in the config) and returns its client order id, or 0 when
 refused. Market view: `bid/ask/mid/microprice/spread_bps/bid_qty/ask_qty/book_valid`, the raw BOOK record
-(`book.bid_pxs[i]` … fixed point ×1e8), `score_up/anomaly_level/anomaly_flag`; account: `position`,
+(`book.bid_pxs[i]` … fixed point ×1e8), `score_up/anomaly_level/anomaly_flag/score_age_ms`; account: `position`,
 `avg_price`, `open_qty`, `realized`, `equity`, `total_equity`; `tradable(ctx, s)` says whether a new order
 would pass the state checks (halt, kill switch, stale book). Times are exchange milliseconds.
 `tag` (0..3) splits a strategy into sleeves with their own positions and results (A/B in one run).
@@ -79,6 +79,7 @@ from procs.kernels.engine import (
     position,
     realized,
     replace,
+    score_age_ms,
     score_up,
     spread_bps,
     total_equity,
@@ -91,7 +92,8 @@ __all__ = [
     "Strategy", "StrategyError", "anomaly_flag", "anomaly_level", "ask", "ask_qty", "avg_price", "bid", "bid_qty",
     "book_valid", "cancel", "cancel_all", "equity", "fill_price", "fill_qty", "fill_status", "halted", "has_score",
     "limit", "load_strategy", "market", "microprice", "mid", "njit", "now_ms", "open_qty", "order_leaves",
-    "order_live", "position", "realized", "replace", "score_up", "spread_bps", "total_equity", "tradable",
+    "order_live", "position", "realized", "replace", "score_age_ms", "score_up", "spread_bps", "total_equity",
+    "tradable",
 ]
 
 

@@ -98,7 +98,9 @@ class RiskConfig:
     max_loss: float = 5000.0  #: total equity below -max_loss: cancel all, flatten, refuse every order after
     stale_ms: float = 5000.0  #: no orders on a book older than this (exchange time) or invalid after a gap
     kill_switch: bool = True  #: the anomaly flag halts the symbol: cancel its orders, refuse new ones
-    kill_hold_ms: float = 1000.0  #: ... until the flag has been clear this long
+    #: ... until the flag has been clear this long; 2.5 s because a simulated price spike's effect fades
+    #: seconds before its labelled window ends (1 s let 2 of 28 windows quote again: scripts/eval_mm.py)
+    kill_hold_ms: float = 2500.0
     kill_flatten: bool = False  #: the kill switch also flattens the symbol's position with market orders
 
 

@@ -119,6 +119,7 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
         r.symbol = f.symbol
         r.kind = KIND_SCORE
         r.feature_seq = f.seq
+        r.exch_ts_ms = f.exch_ts_ms
         r.model_id = model_id
         r.n_outputs = SCORE_N_VALUES
         raw = np.float64(a[j, 0])
@@ -128,10 +129,9 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
         cold += not warm
         hist = raw
         if tau_ms > 0.0 and warm:
-            # as procs.model.ew_history_into, in receive time: FEATURES carries no exchange time (at
-            # real-time pace the two clocks run together)
+            # as procs.model.ew_history_into, on exchange time: the same at any replay speed
             e = ew[f.symbol]
-            t_ms = f.t_origin_ns * 1e-6
+            t_ms = np.float64(f.exch_ts_ms)
             e[0] = ew_step(e[0], e[1], t_ms - e[2], tau_ms) if e[3] > 0.0 else raw
             e[1] = raw
             e[2] = t_ms

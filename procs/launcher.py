@@ -514,6 +514,14 @@ class Launcher:
                  f"{f.get('records_out', 0)}, book updates {bk.get('books_out', 0)}, gaps {bk.get('gaps', 0)}, "
                  f"crossed {bk.get('crossed', 0)}, parse errors {_parse_errors(f)}, orders {sink.count}, "
                  f"scores {counters['inference'].get('scored', 0)} (alerts {counters['inference'].get('alerts', 0)})")
+        inf = counters["inference"]
+        warm = inf.get("scored", 0) - inf.get("cold", 0)
+        if warm >= 100 and inf.get("alerts", 0) > 0.3 * warm and self.config.risk.kill_switch:
+            # a model trained on the simulator can find a real market anomalous throughout: say so, not just "no fills"
+            self.say(f"tickpipe: warning: the anomaly model flagged {inf.get('alerts', 0)} of {warm} warm scores "
+                     f"({100 * inf.get('alerts', 0) / warm:.0f}%), so the kill switch kept the strategy out most of "
+                     "the run; the shipped model is trained on the simulator (models/anomaly.md). Use "
+                     "--set risk.kill_switch=false, or a model trained on this market.")
         if self.config.source.kind == "live":
             self.say(f"live: frames {f.get('live_frames', 0)}, reconnects {f.get('live_reconnects', 0)}, gaps "
                      f"{f.get('live_gaps', 0)}, resyncs {f.get('live_resyncs', 0)}, snapshots "

@@ -129,6 +129,7 @@ BOOK = record(
 FEATURES = record(
     "Features",
     Field("last_id", "i8", doc="update id of the book state the features describe"),
+    Field("exch_ts_ms", "i8", doc="exchange time of that book state (the anomaly score's history runs on it)"),
     Field("values", "f8", N_FEATURES, doc="feature vector, order given by shm.features.FEATURE_NAMES"),
 )
 
@@ -150,6 +151,7 @@ SCORE_N_VALUES = 8
 SCORE = record(
     "Score",
     Field("feature_seq", "u8", doc="seq of the feature record that was scored"),
+    Field("exch_ts_ms", "i8", doc="exchange time of the scored book state (a strategy can see how old it is)"),
     Field("model_id", "u4", doc="crc32 of the anomaly graph's bytes, continued over the direction graph's "
                                 "(equal to the anomaly Model.model_id when there is no direction model)"),
     Field("n_outputs", "u4", doc="values slots filled: always SCORE_N_VALUES (a slot without a value is NaN)"),

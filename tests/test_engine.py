@@ -294,3 +294,16 @@ def test_callback_order_and_triggers(warm: None) -> None:
     assert st["n_score"] == 1  # the same score is not handed over twice
     sb.feed(book(0, 2000))
     assert st["n_timer"] == 1  # TIMER_MS = 1000 of exchange time
+
+
+def test_a_replace_keeps_post_only(warm: None) -> None:
+    sb = sandbox()
+    cid = do(sb, 0, 1000, CMD_LIMIT, side=BUY, px=99.0, qty=0.3)  # post-only by default
+    sb.feed(book(0, 1001))
+    assert do(sb, 0, 1002, CMD_REPLACE, cid=cid, px=101.0, qty=0.3) == 1.0  # would cross the 101 ask
+    sb.feed(book(0, 1003))
+    rep = sb.reports[-1]
+    assert int(rep["status"]) == E.REJECTED and int(rep["reason"]) == R.POST_ONLY_WOULD_CROSS
+    assert rep["leaves_qty"] == round(0.3 * 1e8)  # refused: the order still rests at 99
+    assert int(sb.orders[-1]["flags"]) & 0x100
+    assert sb.position(0) == 0.0 and sb.account(0)["open_buy"] == pytest.approx(0.3)

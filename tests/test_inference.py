@@ -358,7 +358,8 @@ def test_fill_scores_with_history_alerts_on_the_time_mean_as_evaluated_offline()
     for i in range(len(t_ms)):  # one row per pass, as the conflated stage sees them
         rows = np.zeros(1, FEATURES.dtype)
         rows["symbol"] = sym[i]
-        rows["t_origin_ns"] = int(t_ms[i] * 1e6) + 1_000_000_000
+        rows["exch_ts_ms"] = int(t_ms[i]) + 1_700_000_000_000  # the history runs on exchange time
+        rows["t_origin_ns"] = 5_000_000_000 - i  # never read by it: receive time may even run backwards
         rows["flags"] = FLAG_FEATURES_WARM
         out = np.zeros(1, SCORE.dtype)
         fill_scores(out, rows, 1, col0[i:i + 1, None], np.zeros((1, 0), np.float32), 0.5, 0.0, 7, 100, *hist, ctr, 0,

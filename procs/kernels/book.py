@@ -353,6 +353,7 @@ def _emit(r, s: int, out_book: np.ndarray, out_feat: np.ndarray, j: int, blk: np
     of.kind = KIND_FEATURES
     of.flags = flags
     of.last_id = sym_state[s, S_LAST_ID]
+    of.exch_ts_ms = sym_state[s, S_EXCH_TS]
     ft.compute(fstate, hist_t, hist_mid, hist_n, s, sym_state[s, S_EXCH_TS], valid,
                tops[0], tops[1], nb, tops[2], tops[3], na, of.values)
     counters[s, C_EMITTED] += 1

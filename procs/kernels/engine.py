@@ -129,7 +129,8 @@ N_RS = 4
 #: client order table entry
 #: live: 0 free, 1 live, 2 live with a cancel on its way (cancel_reason: why, for the report)
 OO_DTYPE = np.dtype([("cid", "i8"), ("symbol", "i8"), ("tag", "i8"), ("side", "i8"), ("otype", "i8"),
-                     ("price", "i8"), ("qty", "i8"), ("leaves", "i8"), ("live", "i8"), ("cancel_reason", "i8")])
+                     ("price", "i8"), ("qty", "i8"), ("leaves", "i8"), ("live", "i8"), ("cancel_reason", "i8"),
+                     ("post_only", "i8")])
 #: equity.csv columns
 EQ_COLUMNS = ("exch_ts_ms", "symbol", "tag", "position", "avg_price", "cash", "fees", "realized", "unrealized",
               "mid", "equity")
@@ -266,6 +267,12 @@ def has_score(ctx, s: int) -> bool:
 def score_up(ctx, s: int) -> float:
     """P(next mid move is up) from the direction model; NaN before the first score or without the model."""
     return ctx.scores[s].values[SCORE_UP] if ctx.has_score[s] > 0 else np.nan
+
+
+@njit(cache=True, _nrt=False)
+def score_age_ms(ctx, s: int) -> int:
+    """How old the symbol's newest score is: now − the exchange time of the book state it scored (-1: none)."""
+    return ctx.g[G_CUR_MS] - ctx.scores[s].exch_ts_ms if ctx.has_score[s] > 0 else -1
 
 
 @njit(cache=True, _nrt=False)
@@ -501,6 +508,7 @@ def _send_new(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, p
     o.leaves = qty
     o.live = 1
     o.cancel_reason = 0
+    o.post_only = 1 if post_only else 0
     a = ctx.acct[s * N_TAGS + tag]
     a[A_OPEN_BUY + side] += qty / QTY_SCALE
     a[A_ACTIVE] = 1.0
@@ -558,7 +566,8 @@ def replace(ctx, cid: int, price: float, qty: float) -> bool:
     if reason != R.NONE:
         _refuse(ctx, s, o.tag, o.side, px, q, reason, mid_px)
         return False
-    if not _stage(ctx, s, cid, o.tag, o.side, LIMIT, ACTION_REPLACE, False, px, q, mid_px):
+    # a replace keeps the order's post-only: a quote moved into the spread must not start taking
+    if not _stage(ctx, s, cid, o.tag, o.side, LIMIT, ACTION_REPLACE, o.post_only != 0, px, q, mid_px):
         return False
     ctx.g[G_REPLACES] += 1
     _rate_push(ctx)

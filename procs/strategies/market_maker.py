@@ -126,7 +126,8 @@ class MarketMaker(Strategy):
     @njit
     def on_fill(ctx, s, fill):
         st = ctx.st[s]
-        done = fill.status == FILLED or fill.status == CANCELED or fill.status == REJECTED
+        # a refused replace leaves the order resting (leaves > 0): it is still our quote
+        done = fill.status == FILLED or fill.status == CANCELED or (fill.status == REJECTED and fill.leaves_qty == 0)
         if done and fill.client_order_id == int(st.bid_id):
             st.bid_id = 0.0
         if done and fill.client_order_id == int(st.ask_id):
