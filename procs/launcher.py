@@ -256,6 +256,7 @@ class Launcher:
                 p = ctx.Process(target=target, args=(spec,), name="tickpipe-" + "+".join(g.agents), daemon=False)
                 p.start()
                 procs.append((g, p))
+            self._keep_off_spinning_cpus()
             with _Signals() as sigs:
                 return self._supervise(state, procs, rings, sink, sigs)
         finally:
@@ -275,6 +276,22 @@ class Launcher:
             with contextlib.suppress(Exception):
                 reap.stdin.close()  # type: ignore[union-attr]
                 reap.wait(timeout=5)
+
+    def _keep_off_spinning_cpus(self) -> None:
+        """Move every launcher thread (supervisor, sinks, Prometheus scrapes) off the CPUs of stages that may
+        spin, once they are spawned: a scrape or a drain on a spinner's core preempts the order path."""
+        allowed = os.sched_getaffinity(0)
+        spinning = {g.cpu for g in self.groups if g.cpu is not None and any(agent_class(a).SPINS for a in g.agents)}
+        keep = allowed - spinning
+        if not keep or keep == allowed:
+            return
+        try:
+            for tid in os.listdir("/proc/self/task"):  # sched_setaffinity(0) would move only this thread
+                os.sched_setaffinity(int(tid), keep)
+        except OSError as exc:  # a thread that just ended, or a restricted container: keep going as we are
+            self.say(f"tickpipe: launcher stays on CPUs {sorted(allowed)}: {exc}")
+            return
+        self.say(f"tickpipe: launcher on CPU(s) {','.join(map(str, sorted(keep)))}, off the spinning stages' cores")
 
     def _source_text(self) -> str:
         s = self.config.source
