@@ -10,7 +10,8 @@ tick-to-decision and the decision latency (the step taking the record → its or
 the batch. The strategy class comes from `strategy.name` (a dotted path); see procs/api.py.
 
 Files it writes into the run folder: equity.csv (position, cash, fees, P&L per symbol and sleeve every
-`strategy.equity_interval_ms` of exchange time), strategy.json (name, params, sleeves, refusals by
+`strategy.equity_interval_ms` of exchange time), risk_events.csv (the kill switch on and off per
+symbol, the max-loss halt), strategy.json (name, params, sleeves, refusals by
 reason), and whatever the strategy's `close()` writes (e.g. parents.csv).
 """
 
@@ -94,7 +95,7 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
     i_p, i_st, i_books, i_scores, i_has = ix["params"], ix["state"], ix["books"], ix["scores"], ix["has"]
     i_acct, i_oo, i_g, i_rej, i_rp, i_rs = ix["acct"], ix["oo"], ix["g"], ix["rej"], ix["rp"], ix["rs"]
     i_rate, i_out, i_fills, i_eq = ix["rate"], ix["out"], ix["fills"], ix["eq"]
-    i_xo, i_xm, i_xg, i_xp = ix["x_orders"], ix["x_msgs"], ix["x_glob"], ix["x_params"]
+    i_xo, i_xm, i_xg, i_xp, i_ev = ix["x_orders"], ix["x_msgs"], ix["x_glob"], ix["x_params"], ix["ev"]
     i_hop, i_e2e, i_dec, i_ctr = ix["hop"], ix["e2e"], ix["dec"], ix["ctr"]
     order_size = ORDER.size
     fill_size = FILL.size
@@ -115,7 +116,7 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
         ctx = Ctx(v_params(d, i_p)[0], v_state(d, i_st), V_BOOK(d, i_books), V_SCORE(d, i_scores), has,
                   V2_F8(d, i_acct), V_OO(d, i_oo), g, V1_I8(d, i_rej), V1_F8(d, i_rp), V2_I8(d, i_rs),
                   V1_I8(d, i_rate), V_ORDER(d, i_out), V_FILL(d, i_fills), V2_F8(d, i_eq), v_xorders(d, i_xo),
-                  v_xmsgs(d, i_xm), V1_I8(d, i_xg), V1_F8(d, i_xp))
+                  v_xmsgs(d, i_xm), V1_I8(d, i_xg), V1_F8(d, i_xp), V2_F8(d, i_ev))
         s_addr = d[i_s]
         ctr = V1_I8(d, i_ctr)
         dec = V1_I8(d, i_dec)
@@ -213,6 +214,9 @@ class StrategyAgent(StepAgent):
         self._eq_file = self._eq_path.open("w", newline="")
         self._eq = csv.writer(self._eq_file)
         self._eq.writerow(E.EQ_COLUMNS)
+        self._ev_file = (Path(ctx.run_dir) / "risk_events.csv").open("w", newline="")
+        self._ev = csv.writer(self._ev_file)
+        self._ev.writerow(("exch_ts_ms", "symbol", "event"))
         c = self.core
         pack = Pack()
         ix = {
@@ -224,24 +228,31 @@ class StrategyAgent(StepAgent):
             "oo": pack.add(c.oo), "g": pack.add(c.g), "rej": pack.add(c.rej), "rp": pack.add(c.rp),
             "rs": pack.add(c.rs), "rate": pack.add(c.rate), "out": pack.add(c.out), "fills": pack.add(c.fills),
             "eq": pack.add(c.eq), "x_orders": pack.add(c.x_orders), "x_msgs": pack.add(c.x_msgs),
-            "x_glob": pack.add(c.x_glob), "x_params": pack.add(c.x_params),
+            "x_glob": pack.add(c.x_glob), "x_params": pack.add(c.x_params), "ev": pack.add(c.ev),
             "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e), "dec": pack.add(ctx.hist_aux),
             "ctr": pack.add(ctx.counters.view(np.int64)),
         }
         self.step = cstep.bind(build_step(ix, self.strategy, n_sym), pack)
 
-    def _flush_equity(self) -> None:
+    def _flush_files(self) -> None:
+        """equity.csv and risk_events.csv rows staged by the engine (background work, between steps)."""
         g = self.core.g
-        k = int(g[E.G_N_EQ])
-        if not k:
-            return
         syms = self.ctx.symbols
-        for row in self.core.eq[:k]:
-            s = int(row[1])
-            self._eq.writerow([int(row[0]), syms[s] if s < len(syms) else s, int(row[2]),
-                               *(f"{x:.10g}" for x in row[3:])])
-        g[E.G_N_EQ] = 0
-        self._eq_file.flush()
+        k = int(g[E.G_N_EQ])
+        if k:
+            for row in self.core.eq[:k]:
+                s = int(row[1])
+                self._eq.writerow([int(row[0]), syms[s] if s < len(syms) else s, int(row[2]),
+                                   *(f"{x:.10g}" for x in row[3:])])
+            g[E.G_N_EQ] = 0
+            self._eq_file.flush()
+        k = int(g[E.G_N_EV])
+        if k:
+            for ts, sym, code in self.core.ev[:k]:
+                self._ev.writerow((int(ts), syms[int(sym)] if 0 <= sym < len(syms) else "*",
+                                   E.EV_NAMES.get(int(code), int(code))))
+            g[E.G_N_EV] = 0
+            self._ev_file.flush()
 
     def export(self) -> None:
         c = self.ctx.counters
@@ -265,7 +276,7 @@ class StrategyAgent(StepAgent):
         eq = float(np.sum(acct[rows, E.A_CASH] + acct[rows, E.A_POS] * mids[sym[rows]]))
         for j, v in enumerate((eq, float(acct[rows, E.A_REAL].sum()), float(acct[rows, E.A_FEES].sum()))):
             c[base + j] = np.int64(round(v * 1e6)).view(np.uint64)  # the slots are u8: keep the sign's bits
-        self._flush_equity()
+        self._flush_files()
 
     def results(self) -> dict:
         rej = self.core.rej
@@ -281,6 +292,7 @@ class StrategyAgent(StepAgent):
         E.write_equity(c.ctx(self.params, self.state), int(c.g[E.G_NOW_MS]))  # the final marks
         self.export()
         self._eq_file.close()
+        self._ev_file.close()
         run_dir = self.ctx.run_dir
         try:
             self.strategy.close(self.state, run_dir)

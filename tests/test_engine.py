@@ -239,6 +239,8 @@ def test_kill_switch_cancels_flattens_refuses_then_recovers(warm: None) -> None:
     assert do(sb, 0, 1500, CMD_LIMIT, side=BUY, px=99.0, qty=0.1) == 0  # clear, but not for kill_hold_ms yet
     assert do(sb, 0, 2100, CMD_LIMIT, side=BUY, px=99.0, qty=0.1) == 0  # the flag was last seen at 1200
     assert do(sb, 0, 2200, CMD_LIMIT, side=BUY, px=99.0, qty=0.1) > 0  # kill_hold_ms after the last flag
+    ev = sb.core.ev[: sb.counter(E.G_N_EV)]  # what risk_events.csv gets: on at the flag, off after the hold
+    assert ev.tolist() == [[1100.0, 0.0, E.EV_KILL_ON], [2200.0, 0.0, E.EV_KILL_OFF]]
     assert sb.rejects() == {"kill_switch": 3}
 
 
@@ -251,6 +253,7 @@ def test_max_loss_halts_cancels_and_flattens(warm: None) -> None:
     # the market drops 4: 2 * (98.5 - 101) - fees < -5
     sb.feed(book(0, 2000, bids=((97.0, 5.0),), asks=((100.0, 5.0),)))
     assert sb.counter(E.G_HALTED) == 1
+    assert sb.core.ev[: sb.counter(E.G_N_EV)].tolist() == [[2000.0, -1.0, E.EV_HALT]]
     sb.feed(book(0, 2001, bids=((97.0, 5.0),), asks=((100.0, 5.0),)))
     assert sb.position(0) == pytest.approx(0.0)
     assert [int(x) for x in sb.reports["status"][-3:]] == [E.CANCELED, E.ACK, E.FILLED]

@@ -66,6 +66,12 @@ OUT_CAP = 4096
 FILL_CAP = 8192
 #: equity rows buffered between the agent's flushes to equity.csv
 EQ_CAP = 1 << 15
+#: risk events (kill switch on/off, halt) buffered between flushes to risk_events.csv
+EV_CAP = 4096
+EV_KILL_ON = 1
+EV_KILL_OFF = 2
+EV_HALT = 3
+EV_NAMES = {EV_KILL_ON: "kill_switch_on", EV_KILL_OFF: "kill_switch_off", EV_HALT: "max_loss_halt"}
 
 # -- globals g (int64) ---------------------------------------------------------------------------
 G_NEXT_ID = 0
@@ -90,6 +96,8 @@ G_FILLS_LOST = 18  #: reports that found no room (never expected: FILL_CAP is la
 G_EQ_DROPPED = 19
 G_DECIDED = 20  #: book records after which at least one order was staged
 G_FLATTENS = 21  #: flattening market orders sent by the kill switch or the max-loss halt
+G_N_EV = 22  #: risk events staged in ctx.ev (risk_events.csv)
+G_EV_DROPPED = 23
 N_G = 24
 
 # -- account rows (float64), one per (symbol, tag): row = s * N_TAGS + tag ------------------------
@@ -136,7 +144,7 @@ EQ_COLUMNS = ("exch_ts_ms", "symbol", "tag", "position", "avg_price", "cash", "f
               "mid", "equity")
 
 Ctx = namedtuple("Ctx", ["p", "st", "books", "scores", "has_score", "acct", "oo", "g", "rej", "rp", "rs",
-                         "rate", "out", "fills", "eq", "x_orders", "x_msgs", "x_glob", "x_params"])
+                         "rate", "out", "fills", "eq", "x_orders", "x_msgs", "x_glob", "x_params", "ev"])
 
 
 class Core:
@@ -162,12 +170,13 @@ class Core:
         self.out = np.zeros(OUT_CAP, ORDER.dtype)
         self.fills = np.zeros(FILL_CAP, FILL.dtype)
         self.eq = np.zeros((EQ_CAP, len(EQ_COLUMNS)), np.float64)
+        self.ev = np.zeros((EV_CAP, 3), np.float64)  # exch_ts_ms, symbol (-1: all), EV_* code
         assert BOOK.dtype == self.books.dtype
 
     def ctx(self, params: np.ndarray, state: np.ndarray) -> tuple:
         return Ctx(params[0], state, self.books, self.scores, self.has_score, self.acct, self.oo, self.g, self.rej,
                    self.rp, self.rs, self.rate, self.out, self.fills, self.eq, self.x_orders, self.x_msgs,
-                   self.x_glob, self.x_params)
+                   self.x_glob, self.x_params, self.ev)
 
 
 def risk_params(*, max_position: float = 0.0, max_order_qty: float = 0.0, max_notional: float = 0.0,
@@ -672,6 +681,19 @@ def _deliver(ctx, on_fill) -> None:
 
 
 @njit(cache=True, _nrt=False)
+def _event(ctx, s: int, code: int) -> None:
+    """A risk event for risk_events.csv: when the kill switch or the halt acted, even with no order open."""
+    k = ctx.g[G_N_EV]
+    if k >= ctx.ev.shape[0]:
+        ctx.g[G_EV_DROPPED] += 1
+        return
+    ctx.ev[k, 0] = ctx.g[G_CUR_MS]
+    ctx.ev[k, 1] = s
+    ctx.ev[k, 2] = code
+    ctx.g[G_N_EV] = k + 1
+
+
+@njit(cache=True, _nrt=False)
 def _risk_state(ctx, s: int) -> None:
     """Kill switch on s and the max-loss halt, driven by the newest score and the account."""
     rp = ctx.rp
@@ -682,6 +704,7 @@ def _risk_state(ctx, s: int) -> None:
             if ctx.rs[s, RS_KILLED] == 0:
                 ctx.rs[s, RS_KILLED] = 1
                 ctx.g[G_KILLS] += 1
+                _event(ctx, s, EV_KILL_ON)
                 for i in range(ctx.oo.shape[0]):
                     o = ctx.oo[i]
                     if o.live == 1 and o.symbol == s:
@@ -690,8 +713,10 @@ def _risk_state(ctx, s: int) -> None:
                     _flatten(ctx, s)
         elif ctx.rs[s, RS_KILLED] != 0 and now >= ctx.rs[s, RS_KILL_UNTIL_MS]:
             ctx.rs[s, RS_KILLED] = 0
+            _event(ctx, s, EV_KILL_OFF)
     if rp[RP_MAX_LOSS] > 0 and ctx.g[G_HALTED] == 0 and total_equity(ctx) < -rp[RP_MAX_LOSS]:
         ctx.g[G_HALTED] = 1
+        _event(ctx, -1, EV_HALT)
         for i in range(ctx.oo.shape[0]):
             o = ctx.oo[i]
             if o.live == 1:
