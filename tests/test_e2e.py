@@ -71,7 +71,8 @@ def test_simulator_run_exits_0_with_a_report_that_adds_up(tmp_path: Path) -> Non
     assert "tick_to_decision" in r.stdout and "p99.9" in r.stdout
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     for name in ("summary.json", "percentiles.txt", "latency.png", "stages.log", "orders.csv", "fills.csv",
-                 "equity.csv", "risk_events.csv", "strategy.json", "results.json", "results.txt", "equity.png", "report.html"):
+                 "equity.csv", "risk_events.csv", "strategy.json", "results.json", "results.txt", "equity.png",
+                 "report.html"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "hlog").glob("*.hlog"))
     no_segments_left(tmp_path)
