@@ -26,9 +26,10 @@ paper exchange produced, `on_score(ctx, s, score)` when the symbol's model score
 client_order_id 0 and its reason), replaced; use `fill_price/fill_qty/fill_status`.
 
 `ctx.p` holds PARAMS (floats, overridable from the config), `ctx.st[s]` the per-symbol STATE record
-(floats; `ctx.st[s].name = x` writes it). Orders: `limit`, `market`, `cancel`, `replace`, `cancel_all`;
-each new order passes the risk checks ([risk] in the config) and returns its client order id, or 0 when
-refused. Market view: `bid/ask/mid/microprice/spread_bps/bid_qty/ask_qty/book_valid`, the raw BOOK record
+(floats; `ctx.st[s].name = x` writes it) with the STATE_ARRAYS float64 arrays (`ctx.st[s].hist[i]`).
+Orders: `limit`, `market`, `cancel`, `replace`, `cancel_all`; each new order passes the risk checks
+([risk] in the config) and returns its client order id, or 0 when refused. Market view:
+`bid/ask/mid/microprice/spread_bps/bid_qty/ask_qty/book_valid`, the raw BOOK record
 (`book.bid_pxs[i]` … fixed point ×1e8), `score_up/anomaly_level/anomaly_flag/score_age_ms`; account: `position`,
 `avg_price`, `open_qty`, `realized`, `equity`, `total_equity`; `tradable(ctx, s)` says whether a new order
 would pass the state checks (halt, kill switch, stale book). Times are exchange milliseconds.
@@ -124,6 +125,8 @@ class Strategy:
     PARAMS: ClassVar[dict[str, float]] = {}
     #: per-symbol state (name -> initial value), read and written as ctx.st[s].<name>; float64
     STATE: ClassVar[dict[str, float]] = {}
+    #: per-symbol float64 arrays (name -> length), zeroed at start: ctx.st[s].<name>[i] (histories, records)
+    STATE_ARRAYS: ClassVar[dict[str, int]] = {}
     #: sleeves this strategy trades (tag -> name): results are reported per sleeve
     TAGS: ClassVar[dict[int, str]] = {0: "main"}
     #: on_timer period in exchange milliseconds (0: no timer)
@@ -163,8 +166,14 @@ class Strategy:
         return arr
 
     def state_array(self, n_symbols: int) -> np.ndarray:
-        names = list(self.STATE) or ["_none"]
-        arr = np.zeros(n_symbols, np.dtype([(n, "f8") for n in names]))
+        """One record per symbol: STATE's floats, then STATE_ARRAYS' float64 sub-arrays."""
+        fields: list[tuple] = [(n, "f8") for n in self.STATE]
+        for n, size in self.STATE_ARRAYS.items():
+            if n in self.STATE or not isinstance(size, int) or size < 1:
+                raise StrategyError(f"field={type(self).__name__}.STATE_ARRAYS[{n!r}] expected=a length >= 1 "
+                                    f"not also in STATE found={size!r}")
+            fields.append((n, "f8", (size,)))
+        arr = np.zeros(n_symbols, np.dtype(fields or [("_none", "f8")]))
         for n, v in self.STATE.items():
             arr[n] = v
         return arr

@@ -217,6 +217,19 @@ def test_bad_orders_are_refused(warm: None) -> None:
     assert sb.rejects() == {"bad_order": 3}
 
 
+def test_kill_switch_lets_an_order_that_only_reduces_the_position_through(warm: None) -> None:
+    sb = sandbox(risk__kill_switch=True, risk__kill_hold_ms=1000.0)
+    do(sb, 0, 1000, CMD_MARKET, side=BUY, qty=0.5)
+    sb.feed(book(0, 1001))
+    sb.set_score(0, flag=True, anomaly=1.0)
+    assert do(sb, 0, 1100, CMD_MARKET, side=BUY, qty=0.1) == 0  # adds: refused
+    assert do(sb, 0, 1101, CMD_MARKET, side=SELL, qty=0.6) == 0  # would flip short: refused
+    assert do(sb, 0, 1102, CMD_LIMIT, side=SELL, px=100.5, qty=0.3) > 0  # only reduces: passes
+    assert do(sb, 0, 1103, CMD_MARKET, side=SELL, qty=0.3) == 0  # with the live 0.3 it would pass flat
+    assert do(sb, 0, 1104, CMD_MARKET, side=SELL, qty=0.2) > 0
+    assert sb.rejects() == {"kill_switch": 3}
+
+
 def test_kill_switch_cancels_flattens_refuses_then_recovers(warm: None) -> None:
     sb = sandbox(risk__kill_switch=True, risk__kill_flatten=True, risk__kill_hold_ms=1000.0)
     do(sb, 0, 1000, CMD_MARKET, side=BUY, qty=0.5)

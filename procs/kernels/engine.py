@@ -457,6 +457,17 @@ def _rate_push(ctx) -> None:
 
 
 @njit(cache=True, _nrt=False)
+def _reduces(ctx, s: int, tag: int, side: int, qty: int) -> bool:
+    """The order, with every live order on its side, can only shrink the sleeve's |position|."""
+    a = ctx.acct[s * N_TAGS + tag]
+    pos = a[A_POS]
+    q = qty / QTY_SCALE + a[A_OPEN_BUY + side]
+    if side == SELL:
+        return pos > 0 and q <= pos * (1 + 1e-12)
+    return pos < 0 and q <= -pos * (1 + 1e-12)
+
+
+@njit(cache=True, _nrt=False)
 def _check(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, old_leaves: int) -> int:
     """The risk checks for a new (or replaced: `old_leaves` is what it replaces) order; 0 or a reason."""
     if side < 0 or side > 1 or otype < 0 or otype > 1 or qty <= 0 or (otype == LIMIT and px <= 0) \
@@ -464,8 +475,8 @@ def _check(ctx, s: int, tag: int, side: int, otype: int, px: int, qty: int, old_
         return R.BAD_ORDER
     if ctx.g[G_HALTED] != 0:
         return R.MAX_LOSS_HALTED
-    if ctx.rs[s, RS_KILLED] != 0:
-        return R.KILL_SWITCH
+    if ctx.rs[s, RS_KILLED] != 0 and not _reduces(ctx, s, tag, side, qty):
+        return R.KILL_SWITCH  # an order that only shrinks the position may still leave the market
     if not book_valid(ctx, s):
         return R.STALE_BOOK
     rp = ctx.rp

@@ -36,8 +36,8 @@ time. Keep risk.kill_flatten off: a flatten would undo the parent's fills (they 
 Note: the anomaly model shipped in models/ was trained on the simulator and flags most of the real BTCUSDT
 capture, so with the kill switch on, a replay of it executes almost nothing (risk.kill_switch=false to A/B).
 
-State: scalar fields per symbol (STATE) plus three fixed-size float64 sub-arrays added to each symbol's state
-record by `state_array` (numba reads them as arrays): `sl` the per-sleeve working state, `prof` the VWAP volume
+State: scalar fields per symbol (STATE) plus three fixed-size float64 arrays in each symbol's state record
+(STATE_ARRAYS): `sl` the per-sleeve working state, `prof` the VWAP volume
 profile and frozen child weights, `rec` up to MAX_PARENTS finished parents × 2 sleeves, which `close` turns
 into parents.csv (format in the issue 6 spec) and execution.json (per-sleeve counts of child orders).
 A parent still running when the run ends is not in parents.csv (its sleeves are not comparable yet); it is
@@ -346,6 +346,8 @@ class Twap(Strategy):
               "threshold": 0.1, "vwap_min_windows": 1.0}
     STATE = {"t0": 0.0, "pidx": 0.0, "active": 0.0, "p_side": 0.0, "p_start": 0.0, "p_end": 0.0, "arrival": 0.0,
              "n_rec": 0.0, "last_ms": 0.0}
+    #: per sleeve working state, the VWAP profile, finished-parent records (module docstring)
+    STATE_ARRAYS = {"sl": N_SLEEVES * N_SL, "prof": 2 * MAX_SLICES, "rec": MAX_PARENTS * N_SLEEVES * N_REC}
     TAGS = {0: "naive", 1: "ml-hybrid"}
     TIMER_MS = 0
     #: Vwap sets this: child qty from the volume profile
@@ -368,16 +370,6 @@ class Twap(Strategy):
         if p["window_s"] * 1000.0 / p["slices"] < 1.0:
             raise StrategyError(f"field=strategy.params.slices expected=slices of >= 1 ms "
                                 f"found={p['slices']} slices in {p['window_s']} s")
-
-    def state_array(self, n_symbols: int) -> np.ndarray:
-        """STATE plus the sub-arrays: sleeves, VWAP profile, finished-parent records (module docstring)."""
-        base = super().state_array(n_symbols)
-        dt = np.dtype([*((n, "f8") for n in base.dtype.names), ("sl", "f8", N_SLEEVES * N_SL),
-                       ("prof", "f8", 2 * MAX_SLICES), ("rec", "f8", MAX_PARENTS * N_SLEEVES * N_REC)])
-        arr = np.zeros(n_symbols, dt)
-        for n in base.dtype.names:
-            arr[n] = base[n]
-        return arr
 
     def parents(self, state: np.ndarray) -> list[dict]:
         """The finished parents as parents.csv rows (both sleeves of each), in start order per symbol."""
