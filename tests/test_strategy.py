@@ -138,3 +138,28 @@ def test_inventory_limit_stops_the_side_that_would_add() -> None:
     sb.feed(ladder(1004, bid=99.90, ask=99.92))
     q = live_quotes(sb)
     assert E.BUY not in q and E.SELL in q  # only the side that reduces the inventory is quoted
+
+
+def test_the_help_example_strategy_runs(tmp_path, monkeypatch) -> None:
+    """The dozen-line strategy that run.py --help and the README show compiles and trades as it says."""
+    import importlib
+    import textwrap
+
+    import run
+
+    text = run.STRATEGY_HELP
+    code = textwrap.dedent(text[text.index("    # lean.py"):text.index("    python run.py --strategy")])
+    (tmp_path / "lean.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lean = importlib.import_module("lean")
+    cfg = Config()
+    cfg.paper.latency_ms = 0.0
+    sb = Sandbox(lean.Lean({"qty": 0.01, "edge": 0.1, "max_pos": 0.02}), ["X"], cfg)
+    for i in range(5):  # P(up) 0.8 on every update: buys until the position limit
+        sb.set_score(0, p_up=0.8)
+        sb.feed(ladder(1000 + i))
+    assert sb.position(0) == pytest.approx(0.02)
+    assert all(int(o["side"]) == E.BUY and int(o["order_type"]) == E.MARKET for o in sb.orders)
+    sb.set_score(0, p_up=0.55)  # inside the edge: nothing
+    sb.feed(ladder(1010))
+    assert len(sb.orders) == 2
