@@ -28,6 +28,7 @@ from numba import cfunc
 
 from procs.agent import AgentContext, StepAgent
 from procs.api import Strategy, load_strategy
+from procs.config import Config
 from procs.kernels import cstep, paper
 from procs.kernels import engine as E
 from procs.kernels import reasons as R
@@ -167,21 +168,20 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
     return step
 
 
-def make_strategy(ctx_config: object, symbols: list[str]) -> Strategy:
-    cfg = ctx_config.strategy  # type: ignore[attr-defined]
-    cls = load_strategy(cfg.name)
-    return cls(dict(cfg.params), symbols)
+def make_strategy(config: Config, symbols: list[str]) -> Strategy:
+    """The configured strategy class with its parameters (StrategyError names a bad one)."""
+    return load_strategy(config.strategy.name)(dict(config.strategy.params), symbols)
 
 
-def risk_vector(config: object, strategy: Strategy) -> np.ndarray:
-    rk = config.risk  # type: ignore[attr-defined]
+def risk_vector(config: Config, strategy: Strategy) -> np.ndarray:
+    """[risk], the paper exchange's latency and the strategy's timer as the engine's risk vector."""
+    rk = config.risk
     return E.risk_params(max_position=rk.max_position, max_order_qty=rk.max_order_qty,
                          max_notional=rk.max_notional, max_orders_per_s=rk.max_orders_per_s,
                          max_loss=rk.max_loss, stale_ms=rk.stale_ms, kill_switch=rk.kill_switch,
                          kill_hold_ms=rk.kill_hold_ms, kill_flatten=rk.kill_flatten,
-                         latency_ms=config.paper.latency_ms,  # type: ignore[attr-defined]
-                         timer_ms=type(strategy).TIMER_MS,
-                         equity_interval_ms=config.strategy.equity_interval_ms)  # type: ignore[attr-defined]
+                         latency_ms=config.paper.latency_ms, timer_ms=type(strategy).TIMER_MS,
+                         equity_interval_ms=config.strategy.equity_interval_ms)
 
 
 class StrategyAgent(StepAgent):
