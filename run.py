@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""tickpipe: run the pipeline (feed → book → strategy, inference beside it) and report its latency.
+"""tickpipe: run the pipeline (feed → book → strategy + paper exchange, inference beside it); report latency and P&L.
 
     python run.py                                  # demo: the built-in market for 20 s, then the report
     python run.py --replay CAPTURE --speed 10      # a recorded Binance session, ten times faster
     python run.py --live BTCUSDT,ETHUSDT           # Binance spot, live (--market usdm for USD-M futures)
     python run.py --live BTCUSDT --local-exchange  # live mode against the built-in exchange on 127.0.0.1
-    python run.py --config my.toml --set strategy.spread_bps=3
+    python run.py --config my.toml --set strategy.params.spread_bps=3
+    python run.py --strategy procs.strategies.execution:Twap --replay CAPTURE   # a built-in or your own class
 
 Settings come from the defaults, then the TOML file (--config), then the options below; every
 setting is documented in tickpipe.example.toml. Exit status: 0 on a normal end (duration,
@@ -150,7 +151,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         key, eq, val = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not eq or not dot:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set strategy.spread_bps=3")
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set rings.market=131072")
         try:
             value = tomllib.loads(f"v = {val}")["v"]
         except tomllib.TOMLDecodeError:
