@@ -454,7 +454,15 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     all_ts = [*eq_ts, *(r.ts for r in reports), *(o.ts for o in orders)]
     data_start, data_end = (min(all_ts), max(all_ts)) if all_ts else (0, 0)
     kill_hold = float((strat.get("risk") or {}).get("kill_hold_ms") or 0)
-    kills, attribution = kill_decisions(orders, reports, kill_hold)
+    events = run_dir / "risk_events.csv"
+    if events.is_file():  # the engine's own log: activations with no order open included
+        on: dict[str, list[int]] = defaultdict(list)
+        for r in _rows(events):
+            if r.get("event") == "kill_switch_on":
+                on[r["symbol"]].append(int(r["exch_ts_ms"]))
+        kills, attribution = {k: sorted(v) for k, v in on.items()}, "risk_events.csv"
+    else:
+        kills, attribution = kill_decisions(orders, reports, kill_hold)
     windows = evaluate_windows(labels, reports, orders, kills, data_start, data_end)
     limits = evaluate_limits(run_dir, reports, orders, strat, s_ctr, res)
     traced = sum(len(v) for v in kills.values())
@@ -508,11 +516,14 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
                         "inference_alerts": (counters.get("inference") or {}).get("alerts"),
                         "inference_cold": (counters.get("inference") or {}).get("cold")},
         "limits": limits, "windows": windows, "windows_summary": agg, "integrity": integrity, "verdict": verdict,
-        "missing_records": MISSING,
+        "missing_records": MISSING_FLAGS if events.is_file() else MISSING,
     }
 
 
-#: what the run folder cannot tell, and the record that would
+#: what a run folder with risk_events.csv still cannot tell
+MISSING_FLAGS = ("per-symbol anomaly flag timeline (exch_ts_ms, symbol, level, flag) from the inference stage, e.g. "
+                 "scores.csv, to tell 'never flagged' from 'flagged while the kill switch already held'")
+#: what an older run folder (no risk_events.csv) cannot tell, and the record that would
 MISSING = ("per-symbol anomaly flag timeline (exch_ts_ms, symbol, level, flag) from the inference stage, e.g. "
            "scores.csv, to tell 'never flagged' from 'flagged while no quote was open'; and the kill switch's "
            "on/off transitions (exch_ts_ms, symbol, on|off, cause) from the strategy engine, e.g. risk_events.csv: "
