@@ -202,6 +202,18 @@ def test_kill_attribution(rep: dict, tmp_path: Path) -> None:
     assert kills == {"BTCUSDT": [11000]}
 
 
+def test_kill_activations_come_from_risk_events_when_the_run_has_them(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    # the engine's log also has an activation with no order open (ETHUSDT), which no cancel shows
+    (run / "risk_events.csv").write_text("exch_ts_ms,symbol,event\n11000,BTCUSDT,kill_switch_on\n"
+                                         "12500,BTCUSDT,kill_switch_off\n15000,ETHUSDT,kill_switch_on\n"
+                                         "21000,BTCUSDT,kill_switch_on\n")
+    ks = eval_mm.evaluate(run)["kill_switch"]
+    assert ks["attribution"] == "risk_events.csv"
+    assert ks["activations_by_symbol"] == {"BTCUSDT": 2, "ETHUSDT": 1}
+    assert "risk_events" not in eval_mm.evaluate(run)["missing_records"]
+
+
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "run")
     assert eval_mm.main([str(run), "--json", str(tmp_path / "r.json")]) == 1  # a window was missed
