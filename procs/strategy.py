@@ -232,7 +232,15 @@ class StrategyAgent(StepAgent):
             "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e), "dec": pack.add(ctx.hist_aux),
             "ctr": pack.add(ctx.counters.view(np.int64)),
         }
-        self.step = cstep.bind(build_step(ix, self.strategy, n_sym), pack)
+        try:
+            step = build_step(ix, self.strategy, n_sym)
+        except Exception as exc:  # numba's message is long and deep: say whose code it is first
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RuntimeError(f"strategy {cfg.strategy.name}: its callbacks did not compile "
+                               f"({type(exc).__name__}: {first[:300]}); ctx.p.<name> must be in PARAMS, "
+                               f"ctx.st[s].<name> in STATE or STATE_ARRAYS, functions from procs.api; "
+                               f"the full error is in stages.log") from exc
+        self.step = cstep.bind(step, pack)
 
     def _flush_files(self) -> None:
         """equity.csv and risk_events.csv rows staged by the engine (background work, between steps)."""

@@ -194,3 +194,24 @@ def test_help_explains_options(flag: str, tmp_path: Path) -> None:
     assert r.returncode == 0
     for opt in ("--replay", "--speed", "--duration", "--max-messages", "--placement", "--wait", "--realtime"):
         assert opt in r.stdout
+
+
+def test_a_strategy_that_does_not_compile_is_named_with_the_reason(tmp_path: Path) -> None:
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "typo_strategy.py").write_text(
+        "from procs.api import BUY, Strategy, market, njit\n\n"
+        "class Typo(Strategy):\n"
+        "    PARAMS = {'qty': 0.01}\n\n"
+        "    @staticmethod\n"
+        "    @njit\n"
+        "    def on_book(ctx, s, book):\n"
+        "        market(ctx, s, BUY, ctx.p.qtty)\n")
+    env = {**os.environ, "PYTHONPATH": f"{mod}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "--out", str(out), "--strategy", "typo_strategy:Typo",
+                        "--duration", "2"], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 1
+    assert "strategy typo_strategy:Typo: its callbacks did not compile" in r.stdout + r.stderr
+    assert "'qtty'" in r.stdout + r.stderr
+    no_segments_left(out)
