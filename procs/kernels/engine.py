@@ -32,7 +32,6 @@ from shm.records import (
     FLAG_ANOMALY,
     FLAG_BOOK_VALID,
     FLAG_POST_ONLY,
-    KIND_FILL,
     KIND_ORDER,
     ORDER,
     PRICE_SCALE,
@@ -369,26 +368,9 @@ def _report(ctx, s: int, cid: int, tag: int, side: int, px: int, leaves: int, st
     if n >= ctx.fills.shape[0]:
         ctx.g[G_FILLS_LOST] += 1
         return
-    r = ctx.fills[n]
-    r.seq = 0
-    r.t_origin_ns = ctx.books[s].t_origin_ns
-    r.t_publish_ns = 0
-    r.symbol = s
-    r.kind = KIND_FILL
-    r.flags = 0
-    r.client_order_id = cid
-    r.price = px
-    r.qty = 0
-    r.leaves_qty = leaves
-    r.fee = 0
-    r.side = side
-    r.status = status
-    r.tag = tag
-    r.liquidity = 0
-    r.reason = reason
-    r.exch_ts_ms = ctx.g[G_CUR_MS]
-    r.order_ts_ms = ctx.g[G_CUR_MS]
-    r.mid_px = mid_px
+    now = ctx.g[G_CUR_MS]
+    paper.write_report(ctx.fills[n], ctx.books[s].t_origin_ns, now, s, cid, side, tag, status, px, 0, leaves, 0, 0,
+                       reason, now, mid_px)
     ctx.g[G_N_FILL] = n + 1
 
 

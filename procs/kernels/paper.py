@@ -248,10 +248,9 @@ def _crossing_qty(pxs, qtys, price: int, sgn: int) -> int:
 
 
 @njit(cache=True, inline="always", _nrt=False)
-def _emit(out, n: int, origin_ns: int, ts_ms: int, glob, symbol: int, cid: int, side: int, tag: int,
-          status: int, price: int, qty: int, leaves: int, fee: int, liq: int, reason: int, order_ts: int,
-          mid: int) -> int:
-    r = out[n]
+def write_report(r, origin_ns: int, ts_ms: int, symbol: int, cid: int, side: int, tag: int, status: int,
+                 price: int, qty: int, leaves: int, fee: int, liq: int, reason: int, order_ts: int, mid: int) -> None:
+    """Every field of one FILL record (also the engine's own reports: risk refusals)."""
     r.seq = 0
     r.t_origin_ns = origin_ns
     r.t_publish_ns = 0
@@ -271,6 +270,14 @@ def _emit(out, n: int, origin_ns: int, ts_ms: int, glob, symbol: int, cid: int, 
     r.exch_ts_ms = ts_ms
     r.order_ts_ms = order_ts
     r.mid_px = mid
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _emit(out, n: int, origin_ns: int, ts_ms: int, glob, symbol: int, cid: int, side: int, tag: int,
+          status: int, price: int, qty: int, leaves: int, fee: int, liq: int, reason: int, order_ts: int,
+          mid: int) -> int:
+    write_report(out[n], origin_ns, ts_ms, symbol, cid, side, tag, status, price, qty, leaves, fee, liq, reason,
+                 order_ts, mid)
     glob[G_REPORTS] += 1
     return n + 1
 
