@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
 
-from procs import config as cfgmod
-from procs.config import Config, ConfigError
-from procs.placement import PlacementError
+# before numpy loads (procs imports it): one BLAS thread, as procs.launcher.one_blas_thread gives the stages
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+from procs import config as cfgmod  # noqa: E402
+from procs.config import Config, ConfigError  # noqa: E402
+from procs.placement import PlacementError  # noqa: E402
 
 STRATEGY_HELP = """\
 Writing a strategy (procs/api.py has the whole API; built-ins in procs/strategies/):

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ _AGENT_MODULES = {"feed": "procs.feed", "book": "procs.book", "strategy": "procs
 class RunError(RuntimeError):
     """A run that could not start (bad placement, missing model, a stage not ready)."""
 
+
+
+#: BLAS thread-count variables: OpenBLAS's (and OpenMP's) workers spin after each call, on the very cores
+#: the stages spin on; one thread does a stage's or the launcher's small products with no worker at all.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_blas_thread(env: MutableMapping[str, str]) -> None:
+    """Set each BLAS thread-count variable to 1 unless the user set it (read when numpy loads)."""
+    for v in BLAS_THREAD_VARS:
+        env.setdefault(v, "1")
 
 def agent_class(agent: str) -> type:
     import importlib
@@ -235,6 +247,7 @@ class Launcher:
                     raise RunError(f"metrics: cannot serve on {cfg.metrics.host}:{cfg.metrics.port}: {exc}") from None
                 self.say(f"tickpipe: Prometheus metrics on {exporter.url}")
             ctx = mp.get_context("spawn")  # a fresh interpreter per stage: no inherited locks or threads
+            one_blas_thread(os.environ)  # the stages inherit it before their numpy loads
             self._run_doctor()
             target: Any = host_main
             if self.profile:

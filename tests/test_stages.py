@@ -92,3 +92,13 @@ def test_book_and_strategy_steps_match_the_direct_kernel(run_id: str, data_dir: 
         for r in rings:
             r.close()
         state.close()
+
+
+def test_one_blas_thread_defaults_and_keeps_the_users_choice() -> None:
+    from procs.launcher import BLAS_THREAD_VARS, one_blas_thread
+
+    env = {"OMP_NUM_THREADS": "4"}
+    one_blas_thread(env)
+    assert env["OMP_NUM_THREADS"] == "4"  # the user's setting stands
+    assert all(env[v] for v in BLAS_THREAD_VARS)
+    assert env["OPENBLAS_NUM_THREADS"] == "1"
