@@ -6,6 +6,7 @@
     python scripts/bench_pipeline.py --only btc-speed0 --only btc-bin-speed0 --repeat 5   # JSON vs binary
     python scripts/bench_pipeline.py --soak 600            # memory over a 10-minute simulator run
     python scripts/bench_pipeline.py --exporter-ab --only sim-speed1 --repeat 5   # Prometheus exporter off vs on
+    python scripts/bench_pipeline.py --exporter-within --only sim-speed1 --seconds 125 --repeat 4   # within runs
 
 Scenarios:
 - `sim-speed0`: the built-in market as fast as the pipeline takes it (messages/s sustained).
@@ -27,7 +28,17 @@ Scenarios:
   comparison uses: tick-to-decision at the pace a live market has).
 - `--exporter-ab`: every run twice, alternating, without and with the Prometheus exporter
   (`--metrics-port`, a scraper thread GETting /metrics every second while the run goes), then the
-  tick-to-decision p50 / p99 medians of both and their ratio.
+  tick-to-decision p50 / p99 medians of both and their ratio. Runs differ by ±10% on this VM, so a handful
+  a side cannot resolve 1%.
+- `--exporter-within`: the exporter on in every run, and inside each run windows of --window seconds in
+  which a thread (pinned to --scraper-cpus, off the spinning chain) GETs /metrics every --scrape-interval
+  (0: back to back) alternate with silent windows, ABBA. Each window's tick-to-decision histogram is the
+  run's 1 s .hlog intervals inside it. Three estimates of the on/off p50 ratio: (1) each scraped window
+  against its silent neighbour; (2) crossover: with --repeat 2+, odd runs use the opposite schedule (BAAB),
+  so window i scraped in one run is silent in the other, on the same simulated market; (3) with back-to-
+  back scraping, the p50 of the silent distribution mixed with the scraped one in the ratio of the scrape
+  rates (1/s, 1/15 s over the rate achieved): what a Prometheus-like rate would give if each scrape's
+  disturbance is independent of the others.
 Each run is `python run.py ... --quiet`; the figures come from its summary.json. The soak mode samples
 the resident memory of every stage process while the simulator runs at speed 1 and prints the growth.
 """
@@ -46,6 +57,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TICKPIPE_DATA", ROOT.parent / "shared" / "data")) / "binance"
@@ -111,15 +123,17 @@ def compare_formats(results: list[dict]) -> None:
         print("\n".join(rows))
 
 
-def run_once(args: list[str], placement: str, out: Path, scrape_port: int = 0) -> dict:
-    """One run.py run; with `scrape_port`, the exporter on that port and a scraper polling it every second
-    (the summary then has "scrapes": how many GETs returned the metrics)."""
+def run_once(args: list[str], placement: str, out: Path, scrape_port: int = 0,
+             scraper_cls: type[_Scraper] | None = None) -> dict:
+    """One run.py run; with `scrape_port`, the exporter on that port and a scraper (`scraper_cls`, default
+    _Scraper: a GET every second) polling it (the summary then has "scrapes": how many GETs returned the
+    metrics, "scraper": the scraper, and "run_dir")."""
     before = set(out.iterdir()) if out.exists() else set()
     cmd = [sys.executable, str(ROOT / "run.py"), "--quiet", "--out", str(out), "--placement", placement, *args]
     if scrape_port:
         cmd += ["--metrics-port", str(scrape_port)]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    scraper = _Scraper(scrape_port) if scrape_port else None
+    scraper = (scraper_cls or _Scraper)(scrape_port) if scrape_port else None
     stdout, stderr = p.communicate()
     if scraper is not None:
         scraper.stop()
@@ -127,8 +141,10 @@ def run_once(args: list[str], placement: str, out: Path, scrape_port: int = 0) -
         raise SystemExit(f"run failed ({p.returncode}): {' '.join(cmd)}\n{stderr}{stdout}")
     (run_dir,) = [d for d in out.iterdir() if d not in before]
     summary = json.loads((run_dir / "summary.json").read_text())
+    summary["run_dir"] = str(run_dir)
     if scraper is not None:
         summary["scrapes"] = scraper.ok
+        summary["scraper"] = scraper
     return summary
 
 
@@ -137,22 +153,73 @@ class _Scraper:
 
     def __init__(self, port: int, interval_s: float = 1.0) -> None:
         self.url, self.interval_s, self.ok = f"http://127.0.0.1:{port}/metrics", interval_s, 0
+        self.busy_s = 0.0  # wall time inside successful GETs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200 and b"tickpipe_e2e_latency_seconds_bucket" in r.read():
-                        self.ok += 1
-            except OSError:
-                pass  # not listening yet (stages starting) or already gone
+            self.ok += self._get()
+
+    def _get(self) -> bool:
+        t = time.perf_counter()
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as r:
+                ok = r.status == 200 and b"tickpipe_e2e_latency_seconds_bucket" in r.read()
+        except OSError:
+            return False  # not listening yet (stages starting) or already gone
+        if ok:
+            self.busy_s += time.perf_counter() - t
+        return ok
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+class _WindowScraper(_Scraper):
+    """Scrapes in alternate windows of one run: silent (off) or a GET every `interval_s` (on; 0: back to
+    back), in ABBA order (off on, on off, ...) so a drift within the run weighs on both alike. Windows
+    start `warmup_s` after the first successful GET (the pipeline is then live); `windows` holds, per
+    window, its mode, t0 and t1 (epoch seconds: the clock of the run's .hlog stamps), the GETs and the
+    seconds spent inside them."""
+
+    window_s = 5.0
+    warmup_s = 10.0
+    interval_s = 1.0
+    cpus: set[int] | None = None
+    phase = 0  # 2: BAAB instead of ABBA, so window i of an odd run is scraped where the even run's was silent
+
+    def __init__(self, port: int) -> None:
+        self.windows: list[dict] = []
+        super().__init__(port, self.interval_s)
+
+    def _run(self) -> None:
+        if self.cpus:
+            # where a co-located Prometheus belongs: off the spinning stages' cores (only the exporter is measured)
+            os.sched_setaffinity(threading.get_native_id(), self.cpus)
+        while not self._get():
+            if self._stop.wait(0.2):
+                return
+        self.ok += 1
+        if self._stop.wait(self.warmup_s):
+            return
+        i = 0
+        while not self._stop.is_set():
+            mode = "on" if (i + self.phase) % 4 in (1, 2) else "off"
+            t0, busy0 = time.time(), self.busy_s
+            t1 = t0 + self.window_s
+            n = 0
+            while (left := t1 - time.time()) > 0:
+                if mode == "on":
+                    n += self._get()
+                    left = min(self.interval_s, t1 - time.time())
+                if self._stop.wait(max(left, 0.0)):
+                    return  # the run ended inside this window: it is not counted
+            self.ok += n
+            self.windows.append({"i": i, "mode": mode, "t0": t0, "t1": t1, "scrapes": n, "busy_s": self.busy_s - busy0})
+            i += 1
 
 
 def _free_port() -> int:
@@ -190,6 +257,156 @@ def exporter_ab(todo: dict[str, list[str]], names: list[str], placements: list[s
               f"{fmt_us(med['on']['p50'])} | {med['on']['p50'] / max(med['off']['p50'], 1):.3f} | "
               f"{fmt_us(med['off']['p99'])} | {fmt_us(med['on']['p99'])} | "
               f"{med['on']['p99'] / max(med['off']['p99'], 1):.3f} | {scrapes:.0f} |")
+    return rows
+
+
+def window_histograms(run_dir: Path, windows: list[dict], name: str = "strategy.e2e") -> list[dict]:
+    """Per scrape window: the run's .hlog intervals of `name` that lie wholly inside it, merged into one
+    shm.hdr.Histogram ("hist"), with its count, p50 and p99 (ns). Windows holding no whole interval are dropped."""
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    sys.path.insert(0, str(ROOT))
+    from procs.report import hlog_name
+    from shm.hdr import HIGHEST, LOWEST, SIG_FIGS, Histogram
+
+    merged = [Histogram() for _ in windows]
+    inside = [0] * len(windows)
+    reader = HistogramLogReader(str(Path(run_dir) / "hlog" / f"{hlog_name(name)}.hlog"),
+                                HdrHistogram(LOWEST, HIGHEST, SIG_FIGS))
+    try:
+        while (h := reader.get_next_interval_histogram()) is not None:
+            t0, t1 = h.get_start_time_stamp() / 1000.0, h.get_end_time_stamp() / 1000.0
+            for i, w in enumerate(windows):
+                if t0 >= w["t0"] and t1 <= w["t1"]:
+                    merged[i].counts += Histogram.from_hdrh(h).counts
+                    inside[i] += 1
+                    break
+    finally:
+        reader.close()
+    return [w | {"intervals": k, "hist": h, "count": h.count, "p50": h.percentile(50.0), "p99": h.percentile(99.0)}
+            for w, h, k in zip(windows, merged, inside, strict=True) if k and h.count]
+
+
+def paired_ratios(wins: list[dict]) -> list[dict]:
+    """on/off ratios of p50 and p99 for each adjacent (off, on) or (on, off) pair of windows in ABBA order."""
+    out = []
+    for a, b in zip(wins[0::2], wins[1::2], strict=False):
+        if {a["mode"], b["mode"]} != {"on", "off"}:
+            continue
+        on, off = (a, b) if a["mode"] == "on" else (b, a)
+        out.append({k: on[k] / max(off[k], 1) for k in ("p50", "p99")})
+    return out
+
+
+def crossover_ratios(a: list[dict], b: list[dict]) -> list[dict]:
+    """on/off ratios of the same window position in two runs of one seeded scenario with opposite schedules
+    (ABBA and BAAB): the market is the same in both, and each run is scraped half the time, so neither the
+    market's calm and busy stretches nor one run being faster than the other enter the ratio."""
+    by_i = {w["i"]: w for w in b}
+    out = []
+    for w in a:
+        o = by_i.get(w["i"])
+        if o is None or o["mode"] == w["mode"]:
+            continue
+        on, off = (w, o) if w["mode"] == "on" else (o, w)
+        out.append({k: on[k] / max(off[k], 1) for k in ("p50", "p99")})
+    return out
+
+
+def geo_ci(ratios: list[float], seed: int = 0, n_boot: int = 10_000) -> tuple[float, float, float]:
+    """Geometric mean of ratios and its percentile-bootstrap 95% interval."""
+    import numpy as np
+
+    logs = np.log(np.asarray(ratios, float))
+    rng = np.random.default_rng(seed)
+    boot = logs[rng.integers(0, len(logs), (n_boot, len(logs)))].mean(axis=1)
+    return float(np.exp(logs.mean())), float(np.exp(np.percentile(boot, 2.5))), float(np.exp(np.percentile(boot, 97.5)))
+
+
+def mixture_percentile(off: Any, on: Any, w: float, p: float) -> float:
+    """Percentile p of (1 - w) * off + w * on, both normalised (shm.hdr.Histogram): the distribution when a
+    fraction w of the scraped windows' scrapes happen (each scrape's disturbance taken as independent)."""
+    import numpy as np
+
+    from shm.hdr import highest_equivalent
+
+    mix = (1.0 - w) * off.counts / max(off.count, 1) + w * on.counts / max(on.count, 1)
+    idx = int(np.searchsorted(np.cumsum(mix), p / 100.0 - 1e-12))
+    return float(highest_equivalent(idx))
+
+
+def exporter_within(todo: dict[str, list[str]], names: list[str], placements: list[str], repeat: int, out: Path,
+                    window_s: float, interval_s: float, scraper_cpus: set[int] | None = None) -> dict:
+    """The exporter on in every run; within each run, scraped windows alternate with silent ones (ABBA), and
+    tick-to-decision p50/p99 of each scraped window is divided by its silent neighbour's. Then, from the
+    pooled histograms, the p50 expected at Prometheus-like rates (1 and 1/15 per second): the silent
+    distribution mixed with the scraped one in the ratio of the scrape rates."""
+    sys.path.insert(0, str(ROOT))
+    from shm.hdr import Histogram
+
+    _WindowScraper.window_s, _WindowScraper.interval_s, _WindowScraper.cpus = window_s, interval_s, scraper_cpus
+    rows: dict[str, dict] = {}
+    for name in names:
+        for placement in placements:
+            pairs: list[dict] = []
+            cross: list[dict] = []
+            runs: list[list[dict]] = []
+            pooled = {"on": Histogram(), "off": Histogram()}
+            scrapes, on_s, busy_s = 0, 0.0, 0.0
+            for rep in range(repeat):
+                print(f"  running {name} [{placement}] {rep + 1}/{repeat}: windows of {window_s:g} s, scraping every "
+                      f"{interval_s:g} s in the 'on' ones ...", file=sys.stderr, flush=True)
+                _WindowScraper.phase = 2 * (rep % 2)
+                s = run_once(todo[name], placement, out / "runs", scrape_port=_free_port(), scraper_cls=_WindowScraper)
+                wins = window_histograms(Path(s["run_dir"]), s["scraper"].windows)
+                got = paired_ratios(wins)
+                pairs += got
+                runs.append(wins)
+                if rep % 2:
+                    cross += crossover_ratios(runs[-2], wins)
+                for w in wins:
+                    pooled[w["mode"]].counts += w["hist"].counts
+                    if w["mode"] == "on":
+                        scrapes += w["scrapes"]
+                        on_s += w["t1"] - w["t0"]
+                        busy_s += w["busy_s"]
+                    print(f"    {w['i']:3d} {w['mode']:3s} {w['t0'] - wins[0]['t0']:6.1f} s  {w['count']:7,} "
+                          f"decisions  p50 {fmt_us(w['p50'])} µs  p99 {fmt_us(w['p99'])} µs  {w['scrapes']} scrapes",
+                          file=sys.stderr)
+                r50 = statistics.median(g["p50"] for g in got) if got else float("nan")
+                print(f"| {name} | `{placement}` | {rep + 1} | {len(wins)} | {len(got)} | "
+                      f"{sum(w['scrapes'] for w in wins)} | {r50:.4f} |", flush=True)
+            if not pairs or not scrapes:
+                print(f"{name} [{placement}]: no complete window pairs (run too short for --window {window_s:g})")
+                continue
+            rate = scrapes / on_s
+            off50, on50 = pooled["off"].percentile(50.0), pooled["on"].percentile(50.0)
+            est = {f"{r:g}/s": mixture_percentile(pooled["off"], pooled["on"], min(1.0, r / rate), 50.0) / off50
+                   for r in (1.0, 1 / 15)}
+            rows[f"{name} {placement}"] = {
+                "pairs": pairs, "geo_p50": geo_ci([p["p50"] for p in pairs]), "crossover": cross,
+                "cross_p50": geo_ci([p["p50"] for p in cross]) if cross else None,
+                "geo_p99": geo_ci([p["p99"] for p in pairs]), "scrapes": scrapes, "scrapes_per_s": rate,
+                "get_ms": 1e3 * busy_s / scrapes, "pooled_p50": {"off": off50, "on": on50},
+                "pooled_p99": {"off": pooled["off"].percentile(99.0), "on": pooled["on"].percentile(99.0)},
+                "estimated_p50_ratio": est}
+    print(f"\n# exporter scraped vs silent within runs (windows of {window_s:g} s; scraped windows: "
+          f"{'GETs back to back' if interval_s <= 0 else f'a GET every {interval_s:g} s'}): tick-to-decision\n")
+    print("| scenario | placement | pairs | scrapes/s scraped | GET ms | p50 on/off: geometric mean [95% CI] | "
+          "crossover pairs: p50 on/off [95% CI] | pooled p50 off / on µs | p99 on/off: geometric mean [95% CI] | "
+          "est. p50 ratio at 1/s | at 1/15 s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for key, r in rows.items():
+        name, placement = key.split(" ", 1)
+        (g, lo, hi), (g9, lo9, hi9) = r["geo_p50"], r["geo_p99"]
+        xc = (f"{len(r['crossover'])}: {r['cross_p50'][0]:.4f} [{r['cross_p50'][1]:.4f}, {r['cross_p50'][2]:.4f}]"
+              if r["cross_p50"] else "- (needs --repeat 2+)")
+        print(f"| {name} | `{placement}` | {len(r['pairs'])} | {r['scrapes_per_s']:.1f} | {r['get_ms']:.2f} | "
+              f"{g:.4f} [{lo:.4f}, {hi:.4f}] | {xc} | "
+              f"{fmt_us(r['pooled_p50']['off'])} / {fmt_us(r['pooled_p50']['on'])} | "
+              f"{g9:.4f} [{lo9:.4f}, {hi9:.4f}] | {r['estimated_p50_ratio']['1/s']:.4f} | "
+              f"{r['estimated_p50_ratio']['0.0666667/s']:.4f} |")
     return rows
 
 
@@ -275,6 +492,19 @@ def main() -> int:
     ap.add_argument("--exporter-ab", action="store_true",
                     help="run each scenario without and with the Prometheus exporter (scraped every second), "
                          "alternating, and compare tick-to-decision p50/p99")
+    ap.add_argument("--exporter-within", action="store_true",
+                    help="one run per scenario with the exporter on; inside it, windows scraped every "
+                         "--scrape-interval alternate (ABBA) with silent ones, and tick-to-decision p50/p99 of each "
+                         "scraped window is divided by its silent neighbour's (a paired comparison: the run-to-run "
+                         "spread drops out)")
+    ap.add_argument("--window", type=float, default=5.0, metavar="S",
+                    help="--exporter-within window length (default 5 s)")
+    ap.add_argument("--scrape-interval", type=float, default=1.0, metavar="S",
+                    help="--exporter-within: seconds between GETs in a scraped window (default 1; Prometheus's "
+                         "scrape_interval is usually 15 s); 0: back to back")
+    ap.add_argument("--scraper-cpus", default=str((os.cpu_count() or 1) - 1), metavar="LIST",
+                    help="--exporter-within: CPUs the scraping thread runs on, comma-separated (default the last "
+                         "CPU: off the spinning chain of the 2-core placements; '' for anywhere)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tickpipe-bench-") as tmp:
         out = Path(tmp)
@@ -294,6 +524,18 @@ def main() -> int:
         placements = args.placements or list(PLACEMENTS)
         load = os.getloadavg()[0]
         print(f"# tickpipe pipeline benchmark\n\n{os.cpu_count()} CPUs, load average at start {load:.2f}\n")
+        if args.exporter_within:
+            print("| scenario | placement | run | windows | pairs | scrapes | p50 on/off median |")
+            print("|---|---|---|---|---|---|---|")
+            cpus = {int(c) for c in args.scraper_cpus.split(",") if c.strip()} or None
+            within = exporter_within(todo, names, placements, args.repeat, out, args.window, args.scrape_interval,
+                                     cpus)
+            end = os.getloadavg()
+            print(f"\nload average at the end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f} (1, 5, 15 min)")
+            if args.json:
+                Path(args.json).write_text(json.dumps({"load_at_start": load, "load_at_end": end,
+                                                       "exporter_within": within}, indent=1, default=str))
+            return 0
         if args.exporter_ab:
             print("| scenario | placement | exporter | run | tick→decision count | p50 µs | p99 µs | scrapes |")
             print("|---|---|---|---|---|---|---|---|")
