@@ -205,7 +205,11 @@ def _torch_ops() -> dict[str, Callable[..., Any]]:
         "Clip": lambda x, lo=None, hi=None: torch.clamp(x, lo, hi),
         "ArgMin": lambda x, *, axis=0, keepdims=1, select_last_index=0: torch.argmin(x, dim=axis,
                                                                                     keepdim=bool(keepdims)),
-        "Greater": torch.gt,
+        "Greater": torch.gt, "Sign": torch.sign, "Max": torch.maximum, "Min": torch.minimum,
+        # both take the first of equal maxima, as ONNX says
+        "Hardmax": lambda x, *, axis=-1: torch.nn.functional.one_hot(x.argmax(axis), x.shape[axis]).to(x.dtype),
+        "ReduceMax": lambda x, *, axes=None, keepdims=1: torch.amax(x, dim=list(axes) if axes is not None else
+                                                                    list(range(x.dim())), keepdim=bool(keepdims)),
         "Cast": lambda x, *, to, saturate=1: x.to(CAST_DTYPES[to]),
         "Split": lambda x, split=None, *, axis=0, num_outputs=None: torch.split(
             x, [int(v) for v in split] if split is not None else -(-x.shape[axis] // num_outputs), dim=axis),

@@ -3,7 +3,9 @@
 A tiny training run (2 symbols, 60 simulated seconds per seed, 1 epoch; a few seconds) exports, passes
 onnx.checker and the parity check, loads with procs.model.Model and scores; a second tiny run gives the
 same bytes. The shipped model's sidecar is checked for completeness, and its graph against a numpy
-re-implementation that reads every constant from the sidecar (so the sidecar documents the graph).
+re-implementation that reads the lookup, normalisation and calibration from the sidecar (so the sidecar
+documents the graph) and the weights read back from the graph, which rebuild its constants exactly;
+ONNX Runtime against torch, at the lookup's boundaries too.
 """
 
 from __future__ import annotations
@@ -163,62 +165,121 @@ def test_shipped_sidecar_is_complete_and_consistent(shipped: tuple[Model, dict])
     assert set(met["target"]) >= {"met_row_level", "met_window_level"}
 
 
+def _numpy_forward(params: dict[str, np.ndarray], meta: dict, x: np.ndarray) -> np.ndarray:
+    """The model's math in float64 from the raw features: sidecar standardisation, lookup by nearest log
+    price, per-symbol asinh, encoder and decoder on [., onehot], negative ELBO, per-symbol calibration."""
+    def silu(h: np.ndarray) -> np.ndarray:
+        return h / (1.0 + np.exp(-h))
+
+    def lin(h: np.ndarray, name: str) -> np.ndarray:
+        return h @ params[f"{name}.weight"].T + params[f"{name}.bias"]
+
+    norm, sc = meta["normalisation"], meta["score"]
+    syms = norm["symbols"]
+    z = (x[:, [FEATURE_NAMES.index(f) for f in meta["features"]]] - meta["mean"]) / meta["std"]
+    k = np.argmin(np.abs(np.log(np.maximum(z[:, 0:1], 1e-9)) - np.asarray(norm["log_mid"])), axis=1)
+    onehot = np.eye(len(syms))[k]
+    u = np.arcsinh((z[:, 1:] - np.asarray(norm["centre"])[k]) / np.asarray(norm["scale"])[k])
+    h = lin(silu(lin(silu(lin(np.c_[u, onehot], "enc.0")), "enc.2")), "enc.4")
+    lat = h.shape[1] // 2
+    mu, lv = h[:, :lat], np.clip(h[:, lat:], *ta.LOGVAR_Z)
+    o = lin(silu(lin(silu(lin(np.c_[mu, onehot], "dec.0")), "dec.2")), "dec.4")
+    mean, ls = o[:, :u.shape[1]], np.clip(o[:, u.shape[1]:], *ta.LOGVAR_X)
+    s = 0.5 * np.sum((u - mean) ** 2 * np.exp(-ls) + ls, axis=1) - 0.5 * np.sum(1 + lv - mu ** 2 - np.exp(lv), axis=1)
+    calm = np.array([sc["score_calm"][sym] for sym in syms])[k]
+    ref = np.array([sc["score_ref"][sym] for sym in syms])[k]
+    r = np.maximum(s - calm, 0) / ref
+    return np.c_[r / (1 + r), np.log1p(r)]
+
+
+def _rows(meta: dict, n: int, seed: int, spread: tuple[float, ...] = (1, 3, 10)) -> np.ndarray:
+    """Raw feature rows: a symbol's price +-0.2 %, the other features at its centre +- spread x scale."""
+    norm = meta["normalisation"]
+    log_mid = np.asarray(norm["log_mid"])
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, len(log_mid), n)
+    z = np.empty((n, len(meta["features"])))
+    z[:, 0] = np.exp(log_mid[k]) * (1 + 0.002 * rng.standard_normal(n))
+    centre, scale = np.asarray(norm["centre"]), np.asarray(norm["scale"])
+    z[:, 1:] = centre[k] + scale[k] * rng.standard_normal((n, centre.shape[1])) * rng.choice(spread, (n, 1))
+    x = np.zeros((n, len(FEATURE_NAMES)))
+    for j, name in enumerate(meta["features"]):
+        x[:, FEATURE_NAMES.index(name)] = z[:, j] * meta["std"][j] + meta["mean"][j]
+    return x
+
+
 def test_shipped_graph_matches_a_numpy_forward_from_the_sidecar(shipped: tuple[Model, dict]) -> None:
     """The graph is what the sidecar says: lookup, per-symbol asinh, encoder, decoder, negative ELBO, r. The
-    lookup, normalisation and calibration come from the sidecar; the weights from the graph, whose
-    per-symbol table (the folded one-hot, scripts/train_anomaly.py inference_module) must agree with the sidecar."""
+    lookup, normalisation and calibration come from the sidecar; the weights from the graph (read back by
+    scripts/train_anomaly.py model_from_onnx), whose per-symbol tables must hold the sidecar's centre and scale."""
     from onnx import numpy_helper
 
     m, meta = shipped
     g = onnx.load(str(SHIPPED)).graph
-    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
-    assert len([n for n in g.node if n.op_type != "Constant"]) <= 45  # the lean export, not the 99-node one
+    ops = [n.op_type for n in g.node if n.op_type != "Constant"]
+    assert len(ops) <= 35 and not {"Split", "Slice", "Gather"} & set(ops)  # the slim export
+    model = ta.model_from_onnx(SHIPPED)
+    params = {k: v.double().numpy() for k, v in model.state_dict().items()}
+    x = _rows(meta, 256, 3)
+    np.testing.assert_allclose(m.score(x), _numpy_forward(params, meta, x), rtol=1e-5, atol=1e-5)
 
-    def silu(h: np.ndarray) -> np.ndarray:
-        return h / (1.0 + np.exp(-h))
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    norm = meta["normalisation"]
+    lay = ta.SlimLayout(len(norm["symbols"]), len(ta.RECONSTRUCTED), meta["trained_on"]["latent"],
+                        meta["trained_on"]["hidden"])
+    order = np.argsort(norm["log_mid"])[::-1]  # one-hot column -> symbol, highest price first
+    np.testing.assert_allclose(-init["w_centre"][:lay.k, lay.feat], np.asarray(norm["centre"])[order], rtol=1e-6)
+    np.testing.assert_allclose(init["w_scale"][:lay.k, lay.feat], 1 / np.asarray(norm["scale"])[order], rtol=1e-6)
 
-    def lin(h: np.ndarray, w: str, b: str | np.ndarray) -> np.ndarray:
-        return h @ init[w].T + (init[b] if isinstance(b, str) else b)
 
-    norm, sc = meta["normalisation"], meta["score"]
-    syms = norm["symbols"]
-    log_mid = np.asarray(norm["log_mid"])
-    rank = np.argsort(np.argsort(log_mid))  # the graph's table is in order of price
-    rng = np.random.default_rng(3)
-    n = 256
-    k = rng.integers(0, len(syms), n)
-    z = np.empty((n, len(meta["features"])))
-    z[:, 0] = np.exp(log_mid[k]) * (1 + 0.002 * rng.standard_normal(n))
-    centre, scale = np.asarray(norm["centre"]), np.asarray(norm["scale"])
-    z[:, 1:] = centre[k] + scale[k] * rng.standard_normal((n, centre.shape[1])) * rng.choice([1, 3, 10], (n, 1))
-    x = np.zeros((n, len(FEATURE_NAMES)))
-    for j, name in enumerate(meta["features"]):
-        x[:, FEATURE_NAMES.index(name)] = z[:, j] * meta["std"][j] + meta["mean"][j]
+def test_shipped_graph_is_what_the_export_writes_from_its_weights() -> None:
+    """Read back and rebuilt (no retraining), the shipped graph has the same nodes and the same constants."""
+    from onnx import numpy_helper
 
-    kk = np.argmin(np.abs(np.log(x[:, 0:1]) - log_mid), axis=1)
-    assert (kk == k).all()
-    zz = (x[:, [FEATURE_NAMES.index(f) for f in meta["features"]]] - meta["mean"]) / meta["std"]
-    f = zz.shape[1]
-    table = init["table"][rank[kk]]
-    hidden = init["w_enc0"].shape[0]
-    np.testing.assert_allclose(table[:, 1:f], centre[kk], rtol=1e-6)  # the graph's centre and scale: the sidecar's
-    np.testing.assert_allclose(table[:, f + 1:2 * f], 1 / scale[kk], rtol=1e-6)
-    u = np.c_[np.zeros(n), np.arcsinh((zz[:, 1:] - centre[kk]) / scale[kk])]  # column 0: mid's dummy
-    h = lin(silu(lin(silu(lin(u, "w_enc0", table[:, 2 * f:2 * f + hidden])), "enc2.weight", "enc2.bias")),
-            "enc4.weight", "enc4.bias")
-    lat = h.shape[1] // 2
-    mu, lv = h[:, :lat], np.clip(h[:, lat:], *ta.LOGVAR_Z)
-    o = lin(silu(lin(silu(lin(mu, "w_dec0", table[:, 2 * f + hidden:2 * f + 2 * hidden])), "dec2.weight",
-                          "dec2.bias")), "w_dec4", "b_dec4")
-    mean, ls = o[:, 1:f], np.clip(-o[:, f + 1:], *ta.LOGVAR_X)  # the head holds -log var
-    u = u[:, 1:]
-    s = 0.5 * np.sum((u - mean) ** 2 * np.exp(-ls) + ls, axis=1) - 0.5 * np.sum(1 + lv - mu ** 2 - np.exp(lv), axis=1)
-    calm = np.array([sc["score_calm"][sym] for sym in syms])[kk]
-    ref = np.array([sc["score_ref"][sym] for sym in syms])[kk]
-    r = np.maximum(s - calm, 0) / ref
-    got = m.score(x)
-    np.testing.assert_allclose(got[:, 0], r / (1 + r), atol=1e-4)
-    np.testing.assert_allclose(got[:, 1], np.log1p(r), rtol=1e-4, atol=1e-4)
+    model = ta.model_from_onnx(SHIPPED)
+    g = onnx.load(str(SHIPPED)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    w = ta.slim_weights(model)
+    assert set(w) == set(init)
+    for name, v in w.items():
+        np.testing.assert_array_equal(v, init[name], err_msg=name)
+
+
+def test_exported_graph_matches_torch_and_the_lookup_rule(tmp_path: Path, shipped: tuple[Model, dict]) -> None:
+    """ONNX Runtime against the trained model's torch forward, to 1e-5, on calm and far-out rows. At the
+    lookup's boundaries (mids at, just below and just above each midpoint between two symbols' prices, and an
+    empty book) the row scores as the symbol whose price it exceeds the midpoint below (the lowest for an
+    empty book), bit for bit. Batch 1 and a whole batch agree to 1e-6."""
+    import onnxruntime as ort
+    import torch
+
+    _, meta = shipped
+    model = ta.model_from_onnx(SHIPPED)
+    out = tmp_path / "a.onnx"
+    ta.export_onnx(ta.inference_module(model), len(ta.MODEL_FEATURES), out)
+    nj = meta["normalisation"]
+    norm = ta.Normalisation(np.asarray(meta["mean"]), np.asarray(meta["std"]), nj["symbols"],
+                            np.asarray(nj["log_mid"]), np.asarray(nj["centre"]), np.asarray(nj["scale"]))
+    z = np.concatenate([norm.standardise(_rows(meta, 500, 5, (1, 3, 10, 100))), ta.random_inputs(norm, 500, 6)])
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"z": z})[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    one = np.concatenate([sess.run(None, {"z": z[i:i + 1]})[0] for i in range(len(z))])
+    np.testing.assert_allclose(one, got, rtol=0, atol=1e-6)  # Log's kernel rounds a lone value differently
+
+    lm = np.sort(np.asarray(nj["log_mid"]))
+    b_look = onnx.numpy_helper.to_array(next(t for t in onnx.load(str(out)).graph.initializer if t.name == "b_look"))
+    bounds = -b_look[:len(lm) - 1][::-1]  # the graph's float32 midpoints, ascending
+    np.testing.assert_allclose(bounds, np.exp((lm[1:] + lm[:-1]) / 2), rtol=1e-6)
+    mids = np.r_[np.float32(0), *[[np.nextafter(b, np.float32(0)), b, np.nextafter(b, np.float32(np.inf))]
+                                  for b in bounds]].astype(np.float32)
+    edge = np.repeat(z[:1], len(mids), axis=0)
+    edge[:, 0] = mids
+    own = edge.copy()
+    own[:, 0] = np.exp(lm[(mids[:, None] > bounds[None, :]).sum(axis=1)])  # the symbol's own price
+    np.testing.assert_array_equal(sess.run(None, {"z": edge})[0], sess.run(None, {"z": own})[0])
 
 
 def test_shipped_history_is_the_one_chosen_on_validation(shipped: tuple[Model, dict]) -> None:
