@@ -226,11 +226,11 @@ class _WindowScraper(_Scraper):
 
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (every thread), 0.0 when unknown."""
-    try:
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    sys.path.insert(0, str(ROOT))
+    from procs.prom import proc_stat
+
+    got = proc_stat(pid) if pid else None
+    return got[0] if got else 0.0
 
 
 def _free_port() -> int:
