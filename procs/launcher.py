@@ -38,7 +38,21 @@ from shm import hdr, metrics, reaper
 from shm.hdr import Histogram
 from shm.metrics import RunState
 from shm.native import lib
-from shm.records import BOOK, FEATURES, FILL, FLAG_POST_ONLY, MARKET, ORDER, PRICE_SCALE, QTY_SCALE, SCORE
+from shm.records import (
+    BOOK,
+    FEATURES,
+    FILL,
+    FLAG_ANOMALY,
+    FLAG_POST_ONLY,
+    MARKET,
+    ORDER,
+    PRICE_SCALE,
+    QTY_SCALE,
+    SCORE,
+    SCORE_ANOMALY,
+    SCORE_ANOMALY_RAW,
+    SCORE_UP,
+)
 from shm.ring import Board, SpscRing
 from shm.segment import cleanup_dead, new_run_id, remove_run
 
@@ -107,15 +121,19 @@ class _Signals:
 
 class OrdersSink:
     """Drains the strategy's `orders` ring (every order message sent to the paper exchange) into orders.csv
-    and its `fills` ring (every execution report, risk refusals included) into fills.csv, counting both.
-    The formats are in README ("Reading the results"); procs/results.py reads them."""
+    and its `fills` ring (every execution report, risk refusals included) into fills.csv, counting both;
+    with the `scores` board, samples it at every drain into scores.csv (each symbol's newest SCORE when it
+    changed: the anomaly-flag timeline at the supervisor's TICK_S (5 ms) pace; `skipped` counts the SCOREs between
+    two samples). The formats are in README ("Reading the report"); procs/results.py reads them."""
 
     ORDER_COLUMNS = ("exch_ts_ms", "symbol", "tag", "client_order_id", "action", "type", "side", "price", "qty",
                      "mid_at_decision", "post_only")
     FILL_COLUMNS = ("exch_ts_ms", "symbol", "tag", "client_order_id", "side", "status", "price", "qty",
                     "leaves_qty", "fee", "liquidity", "reason", "order_ts_ms", "mid_at_decision")
+    SCORE_COLUMNS = ("exch_ts_ms", "symbol", "anomaly", "anomaly_raw", "flag", "p_up", "skipped")
 
-    def __init__(self, ring: SpscRing, fills: SpscRing | None, run_dir: Path, symbols: list[str]) -> None:
+    def __init__(self, ring: SpscRing, fills: SpscRing | None, run_dir: Path, symbols: list[str],
+                 scores: Board | None = None) -> None:
         self.cons = ring.consumer(0)
         self.fcons = fills.consumer(0) if fills is not None else None
         self.symbols = np.array([*symbols, "?"], dtype=object)
@@ -131,6 +149,14 @@ class OrdersSink:
         self.by_status = np.zeros(len(E.STATUS_NAMES), np.int64)
         self.hop = hdr.new_counts()
         hdr.record_many(self.hop, np.zeros(0, np.int64))  # load the kernel now: ~200 ms at the first order
+        self.scores = scores
+        self.scores_count = 0
+        if scores is not None:
+            self.sfile = (run_dir / "scores.csv").open("w", newline="")
+            self.sw = csv.writer(self.sfile)
+            self.sw.writerow(self.SCORE_COLUMNS)
+            self.score_seen = [0] * len(symbols)
+            self.score_rec = np.zeros(1, SCORE.dtype)
 
     def _sym(self, ids: np.ndarray) -> np.ndarray:
         return self.symbols[np.minimum(ids, len(self.symbols) - 1)]
@@ -176,11 +202,37 @@ class OrdersSink:
                                   reasons.name(int(r["reason"])), int(r["order_ts_ms"]), f"{mid[i]:.10g}"))
             self.fills_count += len(recs)
             total += len(recs)
+        if self.scores is not None:
+            self._sample_scores()
         return total
+
+    def _sample_scores(self) -> None:
+        b, rec, seen = self.scores, self.score_rec, self.score_seen
+        for s, name in enumerate(self.symbols[:-1]):
+            if b.updates(s) == seen[s]:
+                continue
+            got = b.read(s, rec)
+            if got == 0 or got == seen[s]:
+                continue
+            r = rec[0]
+            v = r["values"]
+            self.sw.writerow((int(r["exch_ts_ms"]), name, f"{v[SCORE_ANOMALY]:.6g}", f"{v[SCORE_ANOMALY_RAW]:.6g}",
+                              1 if int(r["flags"]) & FLAG_ANOMALY else 0, f"{v[SCORE_UP]:.6g}",
+                              max(0, got - seen[s] - 1)))
+            seen[s] = got
+            self.scores_count += 1
+
+    def flush(self) -> None:
+        """Everything drained so far onto disk: the results module reads these files before close()."""
+        for f in (self.ofile, self.ffile, self.sfile if self.scores is not None else None):
+            if f is not None:
+                f.flush()
 
     def close(self) -> None:
         self.ofile.close()
         self.ffile.close()
+        if self.scores is not None:
+            self.sfile.close()
 
 
 _ACTIONS = ("new", "cancel", "replace", "?")
@@ -236,7 +288,7 @@ class Launcher:
             rings = [market, book, orders, features, scores, fills]
             for r in (market, book):
                 r.enable_park()
-            sink = OrdersSink(orders, fills, self.run_dir, self.symbols)
+            sink = OrdersSink(orders, fills, self.run_dir, self.symbols, scores)
             self._view = prom.view_of(state, self.agents, self.groups, self.symbols, rings, sink,
                                       {"run": self.run, "source": self._source_text(),
                                        "placement": pl.format_placement(self.groups)}, lib.tp_now_ns)
@@ -400,6 +452,7 @@ class Launcher:
         if procs:
             self._join(procs, self.config.run.stop_grace_s)
         sink.drain()
+        sink.flush()  # the report's results read orders.csv, fills.csv and scores.csv next
         self.say(f"tickpipe: stopping: {reason}" if reason else "tickpipe: stopping")
         summary: dict[str, Any] = {}
         if t_go is not None:
@@ -518,6 +571,7 @@ class Launcher:
                 "config": self.config.to_dict(), "host": _host_info(),
                 "orders_file": {"path": "orders.csv", "records": sink.count},
                 "fills_file": {"path": "fills.csv", "records": sink.fills_count},
+                "scores_file": {"path": "scores.csv", "records": sink.scores_count},
                 "stages": {a: {"pid": int(stats[self.ids[a]]["pid"]), "cpu": int(stats[self.ids[a]]["cpu"]),
                                "state": metrics.STATE_NAMES.get(int(stats[self.ids[a]]["state"]), "?"),
                                "loops": int(stats[self.ids[a]]["loops"]), "parks": int(stats[self.ids[a]]["parks"])}
@@ -572,12 +626,6 @@ class Launcher:
         with contextlib.suppress(Exception):
             report.write_html(self.run_dir, orjson.loads((self.run_dir / "summary.json").read_bytes()))
         return res
-
-
-@report.register_section
-def _results_html(summary: dict, folder: Path) -> str:
-    """report.html's strategy section, once results.write has run (the second pass of report.html)."""
-    return results.html_fragment(folder) if (Path(folder) / "results.json").is_file() else ""
 
 
 def _results_lines(res: dict[str, Any]) -> list[str]:

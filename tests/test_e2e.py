@@ -72,9 +72,17 @@ def test_simulator_run_exits_0_with_a_report_that_adds_up(tmp_path: Path) -> Non
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     for name in ("summary.json", "percentiles.txt", "latency.png", "stages.log", "orders.csv", "fills.csv",
                  "equity.csv", "risk_events.csv", "strategy.json", "results.json", "results.txt", "equity.png",
-                 "report.html"):
+                 "report.html", "scores.csv", "scores.png"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "hlog").glob("*.hlog"))
+    # scores.csv samples the scores board: one row per symbol per change seen, never more than were scored
+    score_rows = (run_dir / "scores.csv").read_text().splitlines()
+    assert score_rows[0] == "exch_ts_ms,symbol,anomaly,anomaly_raw,flag,p_up,skipped"
+    assert 0 < len(score_rows) - 1 == s["meta"]["scores_file"]["records"] <= c["inference"]["scored"]
+    # the results were computed from the whole files (they are flushed before the report reads them)
+    files = json.loads((run_dir / "results.json").read_text())["files"]
+    for name in ("fills.csv", "orders.csv"):
+        assert files[name]["rows"] == len((run_dir / name).read_text().splitlines()) - 1, name
     no_segments_left(tmp_path)
 
 
