@@ -523,7 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {path} is not valid JSON: {e}", file=sys.stderr)
         return 2
     if args.html:
-        print(write_html(run_dir, summary))
+        # procs.results registers the strategy results section in the importable procs.report; under
+        # `python -m`, this module is __main__, a second copy whose SECTIONS nobody fills
+        import procs.report
+        import procs.results
+
+        print(procs.report.write_html(run_dir, summary))
         return 0
     print(format_summary(summary))
     return 0

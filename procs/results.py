@@ -38,7 +38,10 @@ How to read it (all money in the quote currency, all times on the exchange clock
 - equity.png: per (sleeve, symbol), equity (top) and position (bottom, exact steps at every fill) against
   exchange time since the first record. slippage.png: the distribution of per-fill slippage per sleeve, the
   dashed lines at each sleeve's qty-weighted mean; values beyond the 1st/99th percentiles are piled into the
-  edge bins.
+  edge bins. scores.png (when the run has scores.csv): per symbol, the anomaly level the strategy saw (the
+  launcher's 5 ms samples), the stretches where the flag was up, the labelled anomaly windows of a
+  simulator run (labels.jsonl) and the kill switch's activations (risk_events.csv): what the model saw
+  against what was injected and what the strategy did.
 
 CLI: `python -m procs.results RUN_DIR` writes the results and prints results.txt; `--json` prints the dict;
 `--no-write` computes without writing anything.
@@ -62,6 +65,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from procs import report
 
 FILL_COLS = ("exch_ts_ms", "symbol", "tag", "client_order_id", "side", "status", "price", "qty", "leaves_qty",
              "fee", "liquidity", "reason", "order_ts_ms", "mid_at_decision")
@@ -833,9 +838,7 @@ def _rows(res: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _fmt_ns(v: Any) -> str:
-    from procs.report import fmt_ns
-
-    return fmt_ns(v)
+    return report.fmt_ns(v)
 
 
 def format_text(res: dict[str, Any]) -> str:
@@ -1045,6 +1048,61 @@ def _plot(run_dir: Path, run: _Run) -> Path:
 
     if run.info["parents.csv"]["present"]:
         _plot_slippage(run_dir, execs, names)
+    _plot_scores(run_dir)
+    return path
+
+
+def _plot_scores(run_dir: Path) -> Path | None:
+    """scores.png from scores.csv (+ labels.jsonl, risk_events.csv when present); None without scores rows."""
+    rows: dict[str, tuple[list[int], list[float], list[int]]] = defaultdict(lambda: ([], [], []))
+    try:
+        with (run_dir / "scores.csv").open(newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    t, a, fl = int(r["exch_ts_ms"]), float(r["anomaly"]), int(r["flag"])
+                except (KeyError, TypeError, ValueError):
+                    continue  # a malformed row loses that sample only
+                ts, lv, fs = rows[r["symbol"]]
+                ts.append(t)
+                lv.append(a)
+                fs.append(fl)
+    except OSError:
+        return None
+    if not rows:
+        return None
+    labels: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError):
+        labels = [orjson.loads(ln) for ln in (run_dir / "labels.jsonl").read_text().splitlines() if ln.strip()]
+    kills: dict[str, list[int]] = defaultdict(list)
+    with contextlib.suppress(OSError, KeyError, ValueError), (run_dir / "risk_events.csv").open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("event") == "kill_switch_on":
+                kills[r["symbol"]].append(int(r["exch_ts_ms"]))
+    syms = sorted(rows)
+    t0 = min(min(v[0]) for v in rows.values())
+    div, xlabel = _time_axis(t0, max(max(v[0]) for v in rows.values()) - t0)
+    fig = _figure((11, 1.9 * len(syms) + 1.2))
+    axes = fig.subplots(len(syms), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, sym in zip(axes, syms, strict=True):
+        ts, lv, fs = (np.asarray(v) for v in rows[sym])
+        order = np.argsort(ts, kind="stable")
+        x = (ts[order] - t0) / div
+        ax.step(x, lv[order], where="post", color="C0", lw=0.9, label="anomaly level")
+        ax.fill_between(x, 0, 1, where=fs[order] > 0, step="post", color="C3", alpha=0.25, lw=0, label="flag up")
+        for i, lab in enumerate(w for w in labels if w.get("symbol") == sym):
+            ax.axvspan((int(lab["start_E_ms"]) - t0) / div, (int(lab["end_E_ms"]) - t0) / div, color="C1", alpha=0.18,
+                       lw=0, label="labelled anomaly" if i == 0 else None)
+        for i, k in enumerate(kills.get(sym, [])):
+            ax.axvline((k - t0) / div, color="k", lw=0.8, ls=":", label="kill switch on" if i == 0 else None)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(sym, fontsize="small")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize="x-small", ncol=4)
+    axes[0].set_title(f"run {run_dir.name}: anomaly level the strategy saw, flag, labels and kill switch")
+    axes[-1].set_xlabel(xlabel)
+    fig.tight_layout()
+    path = run_dir / "scores.png"
+    fig.savefig(str(path), format="png")
     return path
 
 
@@ -1156,8 +1214,17 @@ def html_fragment(run_dir: str | Path) -> str:
     parts.append('<img src="equity.png" alt="equity and position over exchange time">')
     if ex and (run_dir / "slippage.png").is_file():
         parts.append('<img src="slippage.png" alt="per-fill slippage by sleeve">')
+    if (run_dir / "scores.png").is_file():
+        parts.append('<img src="scores.png" alt="anomaly level, flag, labelled windows and kill switch per symbol">')
     parts.append("</section>")
     return "\n".join(parts)
+
+
+@report.register_section
+def report_section(summary: dict, folder: Path) -> str:
+    """report.html's strategy section, once write() has run (the launcher's second pass of report.html, and
+    `python -m procs.report RUN_DIR --html`)."""
+    return html_fragment(folder) if (Path(folder) / "results.json").is_file() else ""
 
 
 def main(argv: list[str] | None = None) -> int:

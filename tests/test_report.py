@@ -237,3 +237,15 @@ def test_cli_rewrites_report_html(tmp_path: Path) -> None:
     r = cli(str(tmp_path), "--html")
     assert r.returncode == 0, r.stderr
     assert "tick_to_decision" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_cli_html_keeps_the_strategy_results_section(tmp_path: Path) -> None:
+    """`python -m procs.report RUN --html` on a run with results: the section procs.results registers is there
+    (under -m the CLI's module is __main__, not the procs.report the section registers with)."""
+    rich_summary(tmp_path, with_flame=False)
+    (tmp_path / "fills.csv").write_text("exch_ts_ms,symbol,tag,client_order_id,side,status,price,qty,leaves_qty,fee,"
+                                        "liquidity,reason,order_ts_ms,mid_at_decision\n")
+    (tmp_path / "results.json").write_text("{}")
+    r = cli(str(tmp_path), "--html")
+    assert r.returncode == 0, r.stderr
+    assert "<h2>Strategy results</h2>" in (tmp_path / "report.html").read_text(encoding="utf-8")

@@ -381,3 +381,21 @@ def test_percentile_and_t_quantile() -> None:
     for df, t in ((1, 12.706204736), (2, 4.302652730), (5, 2.570581836), (30, 2.042272456)):
         assert results.t_quantile_975(df) == A(t, abs=1e-8)
     assert results.max_drawdown([1, 2, 3], [-1.0, 2.0, 0.5]) == {"value": 1.5, "peak_ms": 2, "trough_ms": 3}
+
+
+def test_scores_png_from_scores_labels_and_risk_events(tmp_path: Path) -> None:
+    """scores.png when the run has scores.csv (a malformed row skipped), labels and kill activations drawn."""
+    mm_run(tmp_path)
+    assert not (tmp_path / "scores.png").exists() or results._plot_scores(tmp_path) is None
+    rows = [(1_000 + 10 * i, sym, f"{0.9 if 200 <= i < 300 else 0.1}", "0.5", 1 if 200 <= i < 300 else 0, "0.5", 0)
+            for i in range(500) for sym in ("BTCUSDT", "ETHUSDT")]
+    write_csv(tmp_path / "scores.csv", ("exch_ts_ms", "symbol", "anomaly", "anomaly_raw", "flag", "p_up", "skipped"),
+              [*rows, ("x", "BTCUSDT", "?", "", "", "", "")])
+    (tmp_path / "labels.jsonl").write_text('{"symbol": "BTCUSDT", "kind": "price_spike", "start_E_ms": 2900, '
+                                           '"end_E_ms": 4000}\n')
+    (tmp_path / "risk_events.csv").write_text("exch_ts_ms,symbol,event\n3050,BTCUSDT,kill_switch_on\n")
+    results.write(tmp_path)
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert '<img src="scores.png"' in results.html_fragment(tmp_path)
+    (tmp_path / "scores.csv").write_text("exch_ts_ms,symbol,anomaly,anomaly_raw,flag,p_up,skipped\n")
+    assert results._plot_scores(tmp_path) is None  # a header alone: nothing to draw
