@@ -40,6 +40,9 @@ Per window:
 - (c) new quotes: new+replace orders for the symbol inside the window; `before` = the same count over the same
   duration just before it; `expected` = the symbol's rate outside all its windows x the duration; ratio = in /
   expected.
+- (d) with scores.csv (the launcher's 5 ms samples of each symbol's newest SCORE): the flagged samples inside
+  the window and the first one, so a miss says whether the model never flagged the window or the strategy did
+  not act on the flag;
 - stopped (the clause's per-window test) = held, or dark throughout (no live quote and no new/replace order in
   the whole window); `stop_delay_ms` = gone_ms - start (0 when dark throughout). Every other window is missed,
   with the reason the records support.
@@ -349,8 +352,24 @@ def evaluate_limits(run_dir: Path, reports: list[Report], orders: list[OrderMsg]
     return out
 
 
+def read_flags(path: Path) -> dict[str, tuple[list[int], list[int]]] | None:
+    """scores.csv (the launcher's per-symbol sample of the scores board, 5 ms pace) as, per symbol, the sorted
+    sample times and the times of the flagged samples; None when the run folder has no scores.csv."""
+    if not path.is_file():
+        return None
+    out: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for r in _rows(path):
+        t = int(r["exch_ts_ms"])
+        every, flagged = out[r["symbol"]]
+        every.append(t)
+        if r["flag"] == "1":
+            flagged.append(t)
+    return {k: (sorted(a), sorted(b)) for k, (a, b) in out.items()}
+
+
 def evaluate_windows(labels: list[dict[str, Any]], reports: list[Report], orders: list[OrderMsg],
-                     kills: dict[str, list[int]], data_start: int, data_end: int) -> list[dict[str, Any]]:
+                     kills: dict[str, list[int]], data_start: int, data_end: int,
+                     flags: dict[str, tuple[list[int], list[int]]] | None = None) -> list[dict[str, Any]]:
     steps = live_steps(reports)
     quotes: dict[str, list[int]] = defaultdict(list)
     for o in orders:
@@ -410,6 +429,11 @@ def evaluate_windows(labels: list[dict[str, Any]], reports: list[Report], orders
         w["quotes"] = {"in_window": n_in, "before": _count_in(q, s - dur, s) if s - dur >= data_start else None,
                        "before_overlaps_window": bef_overlaps, "expected_outside": exp,
                        "ratio": n_in / exp if exp > 0 else None}
+        if flags is not None:  # (d) the model's flag, as scores.csv sampled it
+            every, flagged = flags.get(sym, ([], []))
+            f_in = flagged[bisect.bisect_left(flagged, s):bisect.bisect_left(flagged, e)]
+            w["flag"] = {"samples": _count_in(every, s, e), "flagged_samples": len(f_in),
+                         "first_flag_ms": f_in[0] if f_in else None}
         dark_all = quoted == 0 and n_in == 0
         w["stopped"] = held_kill is not None or dark_all
         w["stop_delay_ms"] = 0 if dark_all else (held_kill[1] - s if held_kill else None)
@@ -434,8 +458,16 @@ def _why(w: dict[str, Any], dark_all: bool, st: LiveSteps, s: int, e: int, q: li
                     f"(the flag cleared for kill_hold_ms while the anomaly went on)")
         return f"missed: kill switch at +{k['kill_ms'] - s} ms but a quote still rested at the window's end"
     live_from = next((a for a, _, c in st.segments(s, e) if c > 0), None)
+    f = w.get("flag")
+    if f is None:
+        flag = "the anomaly flag was not raised for it inside the window"
+    elif f["flagged_samples"]:
+        flag = (f"yet scores.csv has the flag raised from +{f['first_flag_ms'] - s} ms ({f['flagged_samples']} of "
+                f"{f['samples']} samples): the strategy did not act on it")
+    else:
+        flag = f"the model never flagged it ({f['samples']} scores.csv samples in the window, none flagged)"
     return (f"missed: no kill-switch activation while the symbol quoted (live quote from +{live_from - s} ms, "
-            f"{w['quotes']['in_window']} quotes sent): the anomaly flag was not raised for it inside the window"
+            f"{w['quotes']['in_window']} quotes sent): {flag}"
             if live_from is not None else
             f"missed: no kill-switch record; {w['quotes']['in_window']} quotes sent, none rested")
 
@@ -463,7 +495,8 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
         kills, attribution = {k: sorted(v) for k, v in on.items()}, "risk_events.csv"
     else:
         kills, attribution = kill_decisions(orders, reports, kill_hold)
-    windows = evaluate_windows(labels, reports, orders, kills, data_start, data_end)
+    flags = read_flags(run_dir / "scores.csv")
+    windows = evaluate_windows(labels, reports, orders, kills, data_start, data_end, flags)
     limits = evaluate_limits(run_dir, reports, orders, strat, s_ctr, res)
     traced = sum(len(v) for v in kills.values())
     # activations outside every window of their symbol: pauses the labels do not explain (false alarms or echoes)
@@ -489,6 +522,8 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
            "stop_delay_ms_max": max(delays) if delays else None,
            "quotes_in_windows": in_sum, "quotes_expected_outside": exp_sum,
            "quotes_ratio": in_sum / exp_sum if exp_sum > 0 else None,
+           "flagged": sum(1 for w in windows if (w.get("flag") or {}).get("flagged_samples")) if flags is not None
+           else None,
            "by_kind": {k: {"windows": sum(1 for w in windows if w["kind"] == k),
                            "stopped": sum(1 for w in windows if w["kind"] == k and w["stopped"])}
                        for k in sorted({w["kind"] for w in windows})}}
@@ -501,10 +536,13 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
                                            "order_rate"))
     verdict = {
         "limits": {"ok": lim_ok, "text": _limits_text(limits)},
-        "stops_quoting": {"ok": bool(windows) and len(stopped) == len(windows),
+        "stops_quoting": {"ok": len(stopped) == len(windows),
                           "text": f"{len(stopped)}/{len(windows)} observed windows stopped"
                                   f" (kill switch held in {agg['held']}, dark throughout in "
-                                  f"{len(stopped) - agg['held']}); mean dark share {_pct(agg['dark_share_mean'])}"},
+                                  f"{len(stopped) - agg['held']}); mean dark share {_pct(agg['dark_share_mean'])}"}
+        if windows else
+        {"ok": None, "text": "no labelled anomaly window in the run: nothing to check (labels.jsonl comes from "
+                             "simulator runs with sim.anomalies_per_min > 0)"},
     }
     return {
         "run": str(run_dir), "strategy": strat.get("name"), "params": strat.get("params"), "risk": strat.get("risk"),
@@ -516,18 +554,19 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
                         "inference_alerts": (counters.get("inference") or {}).get("alerts"),
                         "inference_cold": (counters.get("inference") or {}).get("cold")},
         "limits": limits, "windows": windows, "windows_summary": agg, "integrity": integrity, "verdict": verdict,
-        "missing_records": MISSING_FLAGS if events.is_file() else MISSING,
+        "missing_records": "; ".join(([] if flags is not None else [MISSING_FLAGS]) +
+                                     ([] if events.is_file() else [MISSING_EVENTS])),
     }
 
 
-#: what a run folder with risk_events.csv still cannot tell
+#: what a run folder without scores.csv cannot tell
 MISSING_FLAGS = ("per-symbol anomaly flag timeline (exch_ts_ms, symbol, level, flag) from the inference stage, e.g. "
-                 "scores.csv, to tell 'never flagged' from 'flagged while the kill switch already held'")
-#: what an older run folder (no risk_events.csv) cannot tell, and the record that would
-MISSING = ("per-symbol anomaly flag timeline (exch_ts_ms, symbol, level, flag) from the inference stage, e.g. "
-           "scores.csv, to tell 'never flagged' from 'flagged while no quote was open'; and the kill switch's "
-           "on/off transitions (exch_ts_ms, symbol, on|off, cause) from the strategy engine, e.g. risk_events.csv: "
-           "an activation with no open order and every release leave no trace in orders.csv/fills.csv today")
+                 "scores.csv, to tell 'never flagged' from 'flagged while the kill switch already held' or 'flagged "
+                 "while no quote was open'")
+#: what a run folder without risk_events.csv cannot tell
+MISSING_EVENTS = ("the kill switch's on/off transitions (exch_ts_ms, symbol, on|off, cause) from the strategy engine, "
+                  "e.g. risk_events.csv: an activation with no open order and every release leave no trace in "
+                  "orders.csv/fills.csv")
 
 
 def _pct(v: float | None) -> str:
@@ -561,8 +600,9 @@ def format_text(rep: dict[str, Any]) -> str:
     L.append(f"kill switch: attribution {ks['attribution']}; kills counter {ks['kills_counter']}, traced "
              f"{ks['activations_traced']}, untraced {ks['kills_untraced']}; inference alerts {ks['inference_alerts']}")
     for o in ks["activations_outside_windows"]:
-        L.append(f"  kill outside the windows: {o['symbol']} at {o['kill_ms']} ms "
-                 f"({o['after_last_window_ms']} ms after its last window end)")
+        after = o["after_last_window_ms"]
+        L.append(f"  kill outside the windows: {o['symbol']} at {o['kill_ms']} ms ("
+                 + (f"{after} ms after its last window end)" if after is not None else "no window of it before)"))
     L.append(f"{'#':>3} {'symbol':8} {'kind':14} {'dur ms':>6} {'kill+ms':>7} {'gone+ms':>7} {'requote+':>8} "
              f"{'held':4} {'dark%':>6} {'in':>4} {'before':>6} {'exp':>6}  verdict")
     for w in rep["windows"]:
@@ -576,26 +616,37 @@ def format_text(rep: dict[str, Any]) -> str:
                  f"{100 * w['dark_share']:6.1f} {q['in_window']:>4} {'-' if q['before'] is None else q['before']:>6}"
                  f" {q['expected_outside']:6.1f}  {w['why']}")
     a = rep["windows_summary"]
-    L.append(f"windows: {a['windows_observed']} observed of {a['windows_labelled']} labelled; stopped {a['stopped']}; "
-             f"kill in window {a['with_kill']}, first kill held {a['first_kill_held']}, some kill held {a['held']}; "
-             f"dark share mean {_pct(a['dark_share_mean'])} median {_pct(a['dark_share_median'])}; "
-             f"stop delay median {a['stop_delay_ms_median']} ms max {a['stop_delay_ms_max']} ms; quotes in windows "
-             f"{a['quotes_in_windows']} vs {a['quotes_expected_outside']:.1f} expected at the outside rate "
-             f"(ratio {a['quotes_ratio'] if a['quotes_ratio'] is None else round(a['quotes_ratio'], 3)})")
+    if not a["windows_observed"]:
+        L.append(f"windows: none observed ({a['windows_labelled']} labelled)")
+    else:
+        L.append(f"windows: {a['windows_observed']} observed of {a['windows_labelled']} labelled; stopped "
+                 f"{a['stopped']}; kill in window {a['with_kill']}, first kill held {a['first_kill_held']}, some kill "
+                 f"held {a['held']}; "
+                 f"dark share mean {_pct(a['dark_share_mean'])} median {_pct(a['dark_share_median'])}; "
+                 f"stop delay median {a['stop_delay_ms_median']} ms max {a['stop_delay_ms_max']} ms; quotes in windows "
+                 f"{a['quotes_in_windows']} vs {a['quotes_expected_outside']:.1f} expected at the outside rate "
+                 f"(ratio {a['quotes_ratio'] if a['quotes_ratio'] is None else round(a['quotes_ratio'], 3)})")
     L.append(f"  by kind: {a['by_kind']}")
+    if a.get("flagged") is not None:
+        L.append(f"  the model's flag (scores.csv, sampled every 5 ms): raised in {a['flagged']} of "
+                 f"{a['windows_observed']} windows")
     if not rep["integrity"]["complete"]:
         L.append(f"WARNING: records were lost, the reconstruction is incomplete: {rep['integrity']['lost_records']}")
     v = rep["verdict"]
     L.append(f"VERDICT limits (P&L, fill rate, inventory within configured limits): "
              f"{'PASS' if v['limits']['ok'] else 'FAIL'} — {v['limits']['text']}")
+    sq = v["stops_quoting"]["ok"]
     L.append(f"VERDICT stops quoting during every labelled anomaly window: "
-             f"{'PASS' if v['stops_quoting']['ok'] else 'FAIL'} — {v['stops_quoting']['text']}")
-    L.append(f"not in the run folder: {rep['missing_records']}")
+             f"{'N/A' if sq is None else 'PASS' if sq else 'FAIL'} — {v['stops_quoting']['text']}")
+    if rep["missing_records"]:
+        L.append(f"not in the run folder: {rep['missing_records']}")
     return "\n".join(L)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                 epilog="Exit status: 0 when both verdicts pass (or the run has no labelled window and "
+                                        "the limits pass), 1 when one fails, 2 on a bad argument.")
     ap.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run folder of run.py")
     ap.add_argument("--json", metavar="PATH", type=Path, help="also write the full report as JSON here")
     a = ap.parse_args(argv)
@@ -605,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_text(rep))
     if a.json:
         a.json.write_text(json.dumps(rep, indent=2, default=str))
-    return 0 if rep["verdict"]["limits"]["ok"] and rep["verdict"]["stops_quoting"]["ok"] else 1
+    # no labelled window (a replay) checks the limits only
+    return 0 if rep["verdict"]["limits"]["ok"] and rep["verdict"]["stops_quoting"]["ok"] is not False else 1
 
 
 if __name__ == "__main__":

@@ -241,3 +241,34 @@ def test_end_to_end(tmp_path: Path) -> None:
     n_labels = len((run / "labels.jsonl").read_text().splitlines())
     assert rep["windows_summary"]["windows_labelled"] == n_labels
     assert rep["simulated_s"] > 30.0  # 6 s at 10x
+
+
+def test_scores_csv_tells_never_flagged_from_flag_not_acted_on(tmp_path: Path) -> None:
+    """Window 1 (ETHUSDT, 10–12 s) was missed with no kill switch: scores.csv says whether the model flagged it."""
+    head = "exch_ts_ms,symbol,anomaly,anomaly_raw,flag,p_up,skipped\n"
+    never = make_run(tmp_path / "never")
+    (never / "scores.csv").write_text(head + "".join(f"{t},ETHUSDT,0.1,0.2,0,0.5,0\n" for t in range(9000, 13000, 10)))
+    rep = eval_mm.evaluate(never)
+    w = rep["windows"][1]
+    assert w["flag"] == {"samples": 200, "flagged_samples": 0, "first_flag_ms": None}
+    assert w["why"].endswith("the model never flagged it (200 scores.csv samples in the window, none flagged)")
+    assert "scores.csv" not in rep["missing_records"] and "risk_events" in rep["missing_records"]
+    assert rep["windows_summary"]["flagged"] == 0
+    raised = make_run(tmp_path / "raised")
+    (raised / "scores.csv").write_text(head + "".join(
+        f"{t},ETHUSDT,0.9,0.9,{1 if t >= 10500 else 0},0.5,0\n" for t in range(9000, 13000, 10)))
+    w = eval_mm.evaluate(raised)["windows"][1]
+    assert w["flag"]["first_flag_ms"] == 10500 and w["flag"]["flagged_samples"] == 150
+    assert "flag raised from +500 ms (150 of 200 samples): the strategy did not act on it" in w["why"]
+    # a run folder without scores.csv keeps the old wording and names what is missing
+    assert "flag" not in eval_mm.evaluate(make_run(tmp_path / "old"))["windows"][1]
+
+
+def test_a_run_without_labelled_windows_checks_the_limits_only(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run")
+    (run / "labels.jsonl").write_text("")
+    assert eval_mm.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "VERDICT stops quoting during every labelled anomaly window: N/A — no labelled anomaly window" in out
+    assert "None ms" not in out
