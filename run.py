@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source")
     src.add_argument("--replay", metavar="FILE",
-                     help="replay a capture (<ts_ns> <json> lines, gzip or plain) instead of the built-in market")
+                     help="replay a capture instead of the built-in market: <ts_ns> <json> lines (gzip or plain) "
+                          "or a binary .tpc capture (scripts/convert_capture.py)")
     src.add_argument("--speed", type=float, metavar="X",
                      help="pacing: 1 real time, 10 ten times faster, 0.5 half speed, 0 as fast as possible "
                           "(default 1)")

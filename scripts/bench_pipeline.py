@@ -514,7 +514,8 @@ def main() -> int:
                          "btc-loop-speed0, btc-bin-loop-speed0 (default: all but the loop ones)")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="run each scenario and placement N times (one row each; the comparison uses medians)")
-    ap.add_argument("--placements", action="append", help="placement text (repeatable; default: three layouts)")
+    ap.add_argument("--placements", action="append",
+                    help=f"placement text (repeatable; default: the {len(PLACEMENTS)} layouts of PLACEMENTS)")
     ap.add_argument("--seconds", type=float, default=10,
                     help="simulator and loop run length (default 10)")
     ap.add_argument("--speed1-seconds", type=float, default=120,
