@@ -23,9 +23,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-# before numpy loads (procs imports it): one BLAS thread, as procs.launcher.one_blas_thread gives the stages
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+from procs import one_blas_thread
+
+one_blas_thread(os.environ)  # before numpy loads (procs.config imports it); the launcher does it for the stages
 
 from procs import config as cfgmod  # noqa: E402
 from procs.config import Config, ConfigError  # noqa: E402

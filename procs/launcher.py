@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from procs import one_blas_thread, prom, report, results
 from procs import placement as pl
-from procs import prom, report, results
 from procs.config import Config
 from procs.host import HostSpec, host_main
 from procs.kernels import engine as E
@@ -68,17 +67,6 @@ _AGENT_MODULES = {"feed": "procs.feed", "book": "procs.book", "strategy": "procs
 class RunError(RuntimeError):
     """A run that could not start (bad placement, missing model, a stage not ready)."""
 
-
-
-#: BLAS thread-count variables: OpenBLAS's (and OpenMP's) workers spin after each call, on the very cores
-#: the stages spin on; one thread does a stage's or the launcher's small products with no worker at all.
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def one_blas_thread(env: MutableMapping[str, str]) -> None:
-    """Set each BLAS thread-count variable to 1 unless the user set it (read when numpy loads)."""
-    for v in BLAS_THREAD_VARS:
-        env.setdefault(v, "1")
 
 def agent_class(agent: str) -> type:
     import importlib
@@ -139,6 +127,7 @@ class OrdersSink:
         self.symbols = np.array([*symbols, "?"], dtype=object)
         self.ofile = (run_dir / "orders.csv").open("w", newline="")
         self.ffile = (run_dir / "fills.csv").open("w", newline="")
+        self.files = [self.ofile, self.ffile]
         self.ow = csv.writer(self.ofile)
         self.fw = csv.writer(self.ffile)
         self.ow.writerow(self.ORDER_COLUMNS)
@@ -153,6 +142,7 @@ class OrdersSink:
         self.scores_count = 0
         if scores is not None:
             self.sfile = (run_dir / "scores.csv").open("w", newline="")
+            self.files.append(self.sfile)
             self.sw = csv.writer(self.sfile)
             self.sw.writerow(self.SCORE_COLUMNS)
             self.score_seen = [0] * len(symbols)
@@ -224,15 +214,12 @@ class OrdersSink:
 
     def flush(self) -> None:
         """Everything drained so far onto disk: the results module reads these files before close()."""
-        for f in (self.ofile, self.ffile, self.sfile if self.scores is not None else None):
-            if f is not None:
-                f.flush()
+        for f in self.files:
+            f.flush()
 
     def close(self) -> None:
-        self.ofile.close()
-        self.ffile.close()
-        if self.scores is not None:
-            self.sfile.close()
+        for f in self.files:
+            f.close()
 
 
 _ACTIONS = ("new", "cancel", "replace", "?")

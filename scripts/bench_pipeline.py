@@ -60,6 +60,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the project's modules (procs, shm), imported where used
 DATA = Path(os.environ.get("TICKPIPE_DATA", ROOT.parent / "shared" / "data")) / "binance"
 BTC = DATA / "usdm_btcusdt_20240808_120s.lines.gz"
 #: Scenarios run when --only is not given (the loop ones are opt-in).
@@ -88,7 +90,6 @@ def scenarios(seconds: float, speed1_seconds: float, btc_bin: Path) -> dict[str,
 
 def convert_btc(out: Path) -> Path:
     """The BTCUSDT capture as a binary capture in `out` (the converter's own code, in this process)."""
-    sys.path.insert(0, str(ROOT))
     from procs.sources.binary import convert_capture
 
     dst = out / "btc.tpc"
@@ -153,6 +154,7 @@ class _Scraper:
 
     def __init__(self, port: int, pid: int = 0, interval_s: float = 1.0) -> None:
         self.url, self.interval_s, self.ok = f"http://127.0.0.1:{port}/metrics", interval_s, 0
+        self.pid = pid  # run.py's launcher: its CPU time per window prices a scrape
         self.busy_s = 0.0  # wall time inside successful GETs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -193,7 +195,6 @@ class _WindowScraper(_Scraper):
 
     def __init__(self, port: int, pid: int = 0) -> None:
         self.windows: list[dict] = []
-        self.pid = pid  # run.py's launcher: its CPU time per window prices a scrape
         super().__init__(port, pid, self.interval_s)
 
     def _run(self) -> None:
@@ -226,7 +227,6 @@ class _WindowScraper(_Scraper):
 
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (every thread), 0.0 when unknown."""
-    sys.path.insert(0, str(ROOT))
     from procs.prom import proc_stat
 
     got = proc_stat(pid) if pid else None
@@ -277,7 +277,6 @@ def window_histograms(run_dir: Path, windows: list[dict], name: str = "strategy.
     from hdrh.histogram import HdrHistogram
     from hdrh.log import HistogramLogReader
 
-    sys.path.insert(0, str(ROOT))
     from procs.report import hlog_name
     from shm.hdr import HIGHEST, LOWEST, SIG_FIGS, Histogram
 
@@ -357,7 +356,6 @@ def exporter_within(todo: dict[str, list[str]], names: list[str], placements: li
     tick-to-decision p50/p99 of each scraped window is divided by its silent neighbour's. Then, from the
     pooled histograms, the p50 expected at Prometheus-like rates (1 and 1/15 per second): the silent
     distribution mixed with the scraped one in the ratio of the scrape rates."""
-    sys.path.insert(0, str(ROOT))
     from shm.hdr import Histogram
 
     _WindowScraper.window_s, _WindowScraper.interval_s, _WindowScraper.cpus = window_s, interval_s, scraper_cpus
@@ -369,8 +367,9 @@ def exporter_within(todo: dict[str, list[str]], names: list[str], placements: li
             runs: list[list[dict]] = []
             pooled = {"on": Histogram(), "off": Histogram()}
             scrapes, on_s, busy_s = 0, 0.0, 0.0
-            cpu = {"on": 0.0, "off": 0.0}
+            cpu = {"on": 0.0, "off": 0.0}  # launcher CPU and seconds over every window, scrapes in the scraped ones
             secs = {"on": 0.0, "off": 0.0}
+            cpu_scrapes = 0
             for rep in range(repeat):
                 print(f"  running {name} [{placement}] {rep + 1}/{repeat}: windows of {window_s:g} s, scraping every "
                       f"{interval_s:g} s in the 'on' ones ...", file=sys.stderr, flush=True)
@@ -385,6 +384,7 @@ def exporter_within(todo: dict[str, list[str]], names: list[str], placements: li
                 for w in s["scraper"].windows:
                     cpu[w["mode"]] += w["launcher_cpu_s"]
                     secs[w["mode"]] += w["t1"] - w["t0"]
+                    cpu_scrapes += w["scrapes"]
                 for w in wins:
                     pooled[w["mode"]].counts += w["hist"].counts
                     if w["mode"] == "on":
@@ -413,9 +413,10 @@ def exporter_within(todo: dict[str, list[str]], names: list[str], placements: li
                 "pairs": pairs, "geo_p50": geo_ci([p["p50"] for p in pairs]), "crossover": cross,
                 "cross_p50": geo_ci([p["p50"] for p in cross]) if cross else None,
                 "geo_p99": geo_ci([p["p99"] for p in pairs]), "scrapes": scrapes, "scrapes_per_s": rate,
-                "get_ms": 1e3 * busy_s / scrapes, "pooled_p50": {"off": off50, "on": on50},
+                "get_ms": 1e3 * get_s, "pooled_p50": {"off": off50, "on": on50},
                 # the launcher's CPU in scraped windows over what it uses in silent ones, per scrape
-                "cpu_ms_per_scrape": 1e3 * (cpu["on"] - cpu["off"] / max(secs["off"], 1e-9) * secs["on"]) / scrapes,
+                "cpu_ms_per_scrape": 1e3 * (cpu["on"] - cpu["off"] / max(secs["off"], 1e-9) * secs["on"])
+                / max(cpu_scrapes, 1),
                 "pooled_p99": {"off": pooled["off"].percentile(99.0), "on": pooled["on"].percentile(99.0)},
                 "estimated_p50_ratio": {f"{r:g}/s": v for r, v in est.items()},
                 "worst_case_p50_ratio": {f"{r:g}/s": v for r, v in bound.items()}}

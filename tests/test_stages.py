@@ -95,7 +95,7 @@ def test_book_and_strategy_steps_match_the_direct_kernel(run_id: str, data_dir: 
 
 
 def test_one_blas_thread_defaults_and_keeps_the_users_choice() -> None:
-    from procs.launcher import BLAS_THREAD_VARS, one_blas_thread
+    from procs import BLAS_THREAD_VARS, one_blas_thread
 
     env = {"OMP_NUM_THREADS": "4"}
     one_blas_thread(env)
