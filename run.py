@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--direction-model", metavar="ONNX",
                      help="direction model with a sidecar JSON, scored beside the anomaly model (default "
                           "models/direction.onnx, skipped with a warning while it does not exist; \"\" for none)")
+    run.add_argument("--lockstep", action="store_true", default=None,
+                     help="score every book update and hold the strategy on each until its score is in: a replay "
+                          "or seeded simulator run then decides identically every time (for backtests; live, the "
+                          "default conflated scoring never makes the strategy wait)")
     run.add_argument("--out", metavar="DIR", help="folder for run reports (default runs/)")
     run.add_argument("--realtime", action="store_true", default=None,
                      help="mlockall, and SCHED_FIFO for pinned stages that park (warns when not permitted or "
@@ -152,6 +156,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     put("strategy", "name", args.strategy)
     put("inference", "model", args.model)
     put("inference", "direction_model", args.direction_model)
+    put("inference", "lockstep", args.lockstep)
     put("metrics", "port", args.metrics_port)
     for item in args.set:
         key, eq, val = item.partition("=")

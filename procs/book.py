@@ -15,6 +15,7 @@ import numpy as np
 from numba import carray, cfunc
 
 from procs.agent import AgentContext, StepAgent
+from procs.config import FEATURES_QUEUE
 from procs.kernels import cstep
 from procs.kernels.book import BOOK_COUNTER_NAMES, G_BAD_SYMBOL, BookState, book_kernel
 from procs.kernels.cstep import STEP_SIG, V1_I8, V2_F8, V2_I8, V3_I8, V4_I8, Pack, address_as_pointer
@@ -49,7 +50,9 @@ def build_step(ix: dict[str, int]) -> Callable:
     i_sym, i_glob, i_cnt, i_buf = ix["sym_state"], ix["glob"], ix["counters"], ix["buf"]
     i_fst, i_ht, i_hm, i_hn = ix["fstate"], ix["hist_t"], ix["hist_mid"], ix["hist_n"]
     i_hop, i_e2e, i_ctr = ix["hop"], ix["e2e"], ix["ctr"]
+    i_q = ix.get("q_addr", -1)  # inference.lockstep: the features queue (every FEATURES record, in BOOK order)
     book_size = BOOK.size
+    feat_size = FEATURES.size
 
     @cfunc(STEP_SIG)
     def step(d):  # type: ignore[no-untyped-def]
@@ -60,6 +63,8 @@ def build_step(ix: dict[str, int]) -> Callable:
         if k == 0:
             return 0
         room = tp.claim(b_addr, k)  # at most one BOOK record per input record
+        if i_q >= 0:  # and as many FEATURES: both queues take the same records, so BOOK.seq = FEATURES.seq
+            room = min(room, tp.claim(d[i_q], k))
         if room < k:
             ctr[C_RING_FULL] += 1
             if room == 0:
@@ -83,6 +88,8 @@ def build_step(ix: dict[str, int]) -> Callable:
             dst[0] = of[j]
             tp.board_commit(f_addr, of[j].symbol)
         if n_out:
+            if i_q >= 0:  # before the BOOK records: a strategy holding BOOK n waits only on inference
+                tp.write(d[i_q], d[i_of], n_out, feat_size)
             tp.write(b_addr, d[i_ob], n_out, book_size)
         hop = V1_I8(d, i_hop)
         e2e = V1_I8(d, i_e2e)
@@ -116,6 +123,9 @@ class BookAgent(StepAgent):
         self.books = SpscRing.attach(ctx.run, "book", BOOK)
         self.prod = self.books.producer()  # registers this process as the writer; the step writes in C
         self.board = Board.attach(ctx.run, "features", FEATURES)
+        self.queue = SpscRing.attach(ctx.run, FEATURES_QUEUE, FEATURES) if ctx.config.inference.lockstep else None
+        if self.queue is not None:
+            self.qprod = self.queue.producer()
         self.state = BookState(len(ctx.symbols))
         self.state.warm_up()
         st = self.state
@@ -133,6 +143,8 @@ class BookAgent(StepAgent):
             "hist_n": pack.add(st.hist_n), "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e),
             "ctr": pack.add(ctr),
         }
+        if self.queue is not None:
+            ix["q_addr"] = pack.scalar(self.queue.addr)
         self.step = cstep.bind(build_step(ix), pack)  # compiles here, before the readiness barrier
 
     def export(self) -> None:
@@ -146,8 +158,9 @@ class BookAgent(StepAgent):
 
     def on_close(self) -> None:
         self.export()
-        for ring in (self.market, self.books, self.board):
-            ring.close()
+        for ring in (self.market, self.books, self.board, self.queue):
+            if ring is not None:
+                ring.close()
 
 
 AGENT = BookAgent

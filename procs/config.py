@@ -116,6 +116,11 @@ class PaperConfig:
 DEFAULT_DIRECTION_MODEL = "models/direction.onnx"
 
 
+#: inference.lockstep's queues: book → inference every FEATURES record, inference → strategy every SCORE record
+FEATURES_QUEUE = "features_q"
+SCORES_QUEUE = "scores_q"
+
+
 @dataclass
 class InferenceConfig:
     model: str = "models/anomaly.onnx"  #: anomaly model (ONNX) with a sidecar JSON next to it
@@ -123,6 +128,9 @@ class InferenceConfig:
     direction_model: str = DEFAULT_DIRECTION_MODEL
     intra_op_threads: int = 1
     min_interval_us: float = 1000.0  #: one scoring pass at most this often (scores are conflated; 0: on every update)
+    #: score every book update and hold the strategy on each update until its own score is in (queues, not
+    #: boards): a replay's orders and fills are then the same in every run; off: conflated, never waits
+    lockstep: bool = False
 
 
 @dataclass

@@ -20,7 +20,13 @@ vector of each symbol is scored and the rest skipped (the board's per-key update
 many, counted as `features_skipped`), so the scores never fall behind the market. Passes are at most
 `inference.min_interval_us` apart.
 
-Never in the way of book → strategy: the stage reads the features board and writes the scores board,
+With `inference.lockstep` the stage scores every FEATURES record instead, in order, from the book's
+features queue, and writes one SCORE per record to the scores queue (and the newest per symbol to the
+board as usual); the strategy takes BOOK record n together with the SCORE of features n. Nothing is
+skipped and no timing decides which score a decision sees, so a replay decides the same in every run,
+at the cost of the strategy waiting for the models on every update (a backtest's trade-off, not live's).
+
+Never in the way of book → strategy (unless lockstep): the stage reads the features board and writes the scores board,
 both seqlocked (no ring, so no backpressure on the book), and a SCORE write holds a key's seqlock for
 one 128-byte copy only (the record is complete before the lock is taken). The default placement gives
 inference a core of its own, and it sleeps between passes (SPINS = False).
@@ -37,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from procs.agent import Agent, AgentContext
-from procs.config import DEFAULT_DIRECTION_MODEL, InferenceConfig
+from procs.config import DEFAULT_DIRECTION_MODEL, FEATURES_QUEUE, SCORES_QUEUE, InferenceConfig
 from procs.model import Model, ModelPair, ew_step, resolve_model_path
 from shm import hdr
 from shm.native import ffi, lib
@@ -54,7 +60,7 @@ from shm.records import (
     SCORE_N_VALUES,
     SCORE_UP,
 )
-from shm.ring import Board, address
+from shm.ring import Board, SpscRing, address
 
 C_BATCHES = 0
 C_SCORED = 1
@@ -66,6 +72,8 @@ C_COLD = 6
 N_COUNTERS = 7
 #: Shortest sleep between board polls when idle (a score is at most this much later than it could be).
 PARK_MIN_NS = 100_000
+#: lockstep: FEATURES records scored per ONNX Runtime call at most (a replay's backlog is scored in batches)
+QUEUE_BATCH = 256
 
 
 def load_models(cfg: InferenceConfig, warn: Callable[[str], Any] | None = None) -> tuple[Model, Model | None]:
@@ -160,6 +168,17 @@ def fill_scores(out: np.ndarray, rows: np.ndarray, m: int, a: np.ndarray, d: np.
     return alerts
 
 
+@njit(cache=True)
+def newest_per_symbol(out: np.ndarray, k: int, last: np.ndarray) -> np.ndarray:
+    """Indices j < k of each symbol's last record in out[:k] (symbols outside `last` are left out)."""
+    last[:] = -1
+    for j in range(k):
+        s = out[j].symbol
+        if s < last.shape[0]:
+            last[s] = j
+    return last[last >= 0]
+
+
 class InferenceAgent(Agent):
     name = "inference"
     COUNTERS = ("batches", "scored", "features_skipped", "alerts", "scored_anomaly", "scored_direction", "cold")
@@ -181,15 +200,17 @@ class InferenceAgent(Agent):
         self.scores = Board.attach(ctx.run, "scores", SCORE)
         self.n = n
         self.seen = [0] * n  # a list: Python ints compare faster than numpy scalars in the gather loop
-        self.rows = np.zeros(n, FEATURES.dtype)
+        self.lockstep = bool(cfg.lockstep)
+        cap = max(n, QUEUE_BATCH) if self.lockstep else n  # lockstep scores batches of queued records
+        self.rows = np.zeros(cap, FEATURES.dtype)
         self.values = self.rows["values"]
-        self.out = np.zeros(n, SCORE.dtype)
+        self.out = np.zeros(cap, SCORE.dtype)
         # the boards copy records by address: one per row, computed once
         self.row_addr = [address(self.rows) + i * FEATURES.dtype.itemsize for i in range(n)]
         base = address(self.out)
         self.out_ptr = [ffi.cast("char *", base + i * SCORE.dtype.itemsize) for i in range(n)]
         self.symbols_in = [0] * n
-        self.no_direction = np.zeros((n, 0), np.float32)
+        self.no_direction = np.zeros((cap, 0), np.float32)
         self.model_id = pair_id(self.anomaly, self.direction)
         self.threshold = self.anomaly.threshold
         self.inv_threshold = 1.0 / self.threshold if self.anomaly.score_kind == "error" else 0.0
@@ -201,6 +222,12 @@ class InferenceAgent(Agent):
         # bounding the pass rate bounds the CPU taken from whatever shares this core
         self.min_interval_ns = int(cfg.min_interval_us * 1000)
         self.last_pass_ns = 0
+        if self.lockstep:
+            self.q_in = SpscRing.attach(ctx.run, FEATURES_QUEUE, FEATURES)
+            self.q_cons = self.q_in.consumer(0, parks=True)
+            self.q_out = SpscRing.attach(ctx.run, SCORES_QUEUE, SCORE)
+            self.q_prod = self.q_out.producer()
+            self.last_of = np.full(max(n, 1), -1, np.int64)
         # warm up ONNX Runtime (first run allocates and plans) and the compiled kernels, on scratch copies
         for k in sorted({1, n}):
             self._score(k)
@@ -219,6 +246,8 @@ class InferenceAgent(Agent):
         return a, d
 
     def do_work(self) -> int:
+        if self.lockstep:
+            return self._do_queue()
         version = self.features.version
         if version == self.version:
             return 0
@@ -257,8 +286,39 @@ class InferenceAgent(Agent):
             commit(s_addr, syms[j])
         return m
 
+    def _do_queue(self) -> int:
+        """lockstep: score the next FEATURES records of the queue, in order, one SCORE each into the scores
+        queue; the newest of each symbol also goes to the board (the launcher's scores.csv reads it)."""
+        k = self.q_cons.peek(QUEUE_BATCH)
+        if k == 0:
+            return 0
+        k = min(k, self.q_prod.claim(k))
+        if k == 0:
+            return 0  # the strategy is behind: the queue keeps the features until it catches up
+        slots, cap = self.q_in.slots, self.q_in.capacity
+        start = self.q_cons.position & self.q_in.mask
+        first = min(k, cap - start)
+        self.rows[:first] = slots[start:start + first]
+        if k > first:
+            self.rows[first:k] = slots[:k - first]
+        a, d = self._score(k)
+        fill_scores(self.out, self.rows, k, a, d, self.threshold, self.inv_threshold, self.model_id, lib.tp_now_ns(),
+                    self.ctx.hist_hop, self.ctx.hist_e2e, self.ctr, 0, self.tau_ms, self.ew)
+        self.q_prod.write(self.out[:k])
+        self.q_cons.release(k)
+        last = newest_per_symbol(self.out, k, self.last_of)
+        s_addr, size, base = self.scores.addr, SCORE.dtype.itemsize, address(self.out)
+        for j in last:
+            s = int(self.out[j]["symbol"])
+            ffi.memmove(ffi.cast("char *", lib.tp_board_begin(s_addr, s)), ffi.cast("char *", base + j * size), size)
+            lib.tp_board_commit(s_addr, s)
+        return k
+
     def parker(self) -> Callable[[int], bool]:
-        """The features board has no futex: sleep until the next pass may run (at least 100 µs)."""
+        """The features board has no futex: sleep until the next pass may run (at least 100 µs).
+        lockstep: a futex wait on the features queue."""
+        if self.lockstep:
+            return self.q_cons.park
 
         def park(timeout_ns: int) -> bool:
             left = self.last_pass_ns + self.min_interval_ns - lib.tp_now_ns()
@@ -281,6 +341,9 @@ class InferenceAgent(Agent):
     def on_close(self) -> None:
         self.features.close()
         self.scores.close()
+        if self.lockstep:
+            self.q_in.close()
+            self.q_out.close()
 
 
 AGENT = InferenceAgent

@@ -29,7 +29,7 @@ import orjson
 
 from procs import one_blas_thread, prom, report, results
 from procs import placement as pl
-from procs.config import Config
+from procs.config import FEATURES_QUEUE, SCORES_QUEUE, Config
 from procs.host import HostSpec, host_main
 from procs.kernels import engine as E
 from procs.kernels import reasons
@@ -275,6 +275,11 @@ class Launcher:
             rings = [market, book, orders, features, scores, fills]
             for r in (market, book):
                 r.enable_park()
+            if cfg.inference.lockstep:  # every FEATURES and every SCORE queued, none conflated away
+                for name, layout in ((FEATURES_QUEUE, FEATURES), (SCORES_QUEUE, SCORE)):
+                    q = SpscRing.create(self.run, name, layout, cfg.rings.book)
+                    q.enable_park()
+                    rings.append(q)
             sink = OrdersSink(orders, fills, self.run_dir, self.symbols, scores)
             self._view = prom.view_of(state, self.agents, self.groups, self.symbols, rings, sink,
                                       {"run": self.run, "source": self._source_text(),
@@ -431,6 +436,7 @@ class Launcher:
             ctl["drain"] = 1  # sources first; the others empty the rings
             market, book = rings[0], rings[1]
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            # lockstep: a BOOK record is taken only with its SCORE, so an empty book ring means every score was used
             while time.monotonic() < deadline and (market.lag(0) or book.lag(0)):
                 sink.drain()
                 time.sleep(TICK_S)

@@ -28,7 +28,7 @@ from numba import cfunc
 
 from procs.agent import AgentContext, StepAgent
 from procs.api import Strategy, load_strategy
-from procs.config import Config
+from procs.config import SCORES_QUEUE, Config
 from procs.kernels import cstep, paper
 from procs.kernels import engine as E
 from procs.kernels import reasons as R
@@ -47,7 +47,8 @@ C_ORDERS_DROPPED = 2
 C_FILLS_OUT = 3
 C_FILLS_DROPPED = 4
 C_STEPS = 5
-N_STEP_COUNTERS = 6
+C_SCORE_MISMATCH = 6  #: lockstep: a queued SCORE that was not the one of its BOOK record (never, unless a bug)
+N_STEP_COUNTERS = 7
 
 #: engine globals exported as counters, in COUNTERS order after the step's own
 _G_EXPORT = (("decisions", E.G_DECIDED), ("new", E.G_NEW), ("cancels", E.G_CANCELS), ("replaces", E.G_REPLACES),
@@ -98,6 +99,9 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
     i_rate, i_out, i_fills, i_eq = ix["rate"], ix["out"], ix["fills"], ix["eq"]
     i_xo, i_xm, i_xg, i_xp, i_ev = ix["x_orders"], ix["x_msgs"], ix["x_glob"], ix["x_params"], ix["ev"]
     i_hop, i_e2e, i_dec, i_ctr = ix["hop"], ix["e2e"], ix["dec"], ix["ctr"]
+    # inference.lockstep: BOOK record n is taken only with the SCORE of FEATURES n (the scores queue)
+    i_q = ix.get("q_addr", -1)
+    i_qslots, i_qmask = ix.get("q_slots", -1), ix.get("q_mask", -1)
     order_size = ORDER.size
     fill_size = FILL.size
     score_size = SCORE.size
@@ -109,6 +113,10 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
         k = tp.peek(b_addr, 0, d[i_batch])
         if k == 0:
             return 0
+        if i_q >= 0:
+            k = tp.peek(d[i_q], 0, k)  # the books whose scores are in; the rest wait for inference
+            if k == 0:
+                return 0
         slots = V_BOOK(d, i_slots)
         mask = d[i_mask]
         pos = tp.cons_pos(b_addr, 0)
@@ -123,13 +131,22 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
         dec = V1_I8(d, i_dec)
         out = ctx.out
         decided = 0
+        qpos = tp.cons_pos(d[i_q], 0) if i_q >= 0 else 0
         for i in range(k):
             b = slots[(pos + i) & mask]
             s = b.symbol
             if s >= n_sym:
                 continue
             t_in = tp.now_ns()
-            has[s] = tp.board_read(s_addr, s, d[i_scores] + s * score_size)
+            if i_q >= 0:
+                sc = V_SCORE(d, i_qslots)[(qpos + i) & d[i_qmask]]
+                if sc.feature_seq != b.seq or sc.symbol != s:
+                    ctr[C_SCORE_MISMATCH] += 1  # a pairing bug: the score is still not used for another book
+                else:
+                    ctx.scores[s] = sc
+                    has[s] = sc.seq
+            else:
+                has[s] = tp.board_read(s_addr, s, d[i_scores] + s * score_size)
             E.process(ctx, b, on_book, on_trade, on_score, on_fill, on_timer)
             n = g[g_n_out]
             if n:  # out at once: an order never waits for the rest of the batch
@@ -161,6 +178,8 @@ def build_step(ix: dict[str, int], strategy: Strategy, n_sym: int) -> Callable:
             hdr.record(hop, now - b.t_publish_ns)
             hdr.record(e2e, now - b.t_origin_ns)  # tick to decision: acted on, orders out
         tp.release(b_addr, 0, k)
+        if i_q >= 0:
+            tp.release(d[i_q], 0, k)
         ctr[C_BOOKS_IN] += k
         ctr[C_STEPS] += 1
         return k
@@ -188,7 +207,7 @@ class StrategyAgent(StepAgent):
     BATCH = BATCH  # the step's batch: do_work takes more while they come full
     name = "strategy"
     AUX_HIST = "decision"
-    COUNTERS = ("books_in", "orders_out", "orders_dropped", "fills_out", "fills_dropped", "steps",
+    COUNTERS = ("books_in", "orders_out", "orders_dropped", "fills_out", "fills_dropped", "steps", "score_mismatch",
                 *(n for n, _ in _G_EXPORT), *(n for n, _ in _REJ_EXPORT), "rejects_other",
                 # P&L over every sleeve and symbol in millionths of the quote currency (counters are int64):
                 # Prometheus shows them as tickpipe_strategy_equity / _realized / _fees
@@ -206,6 +225,9 @@ class StrategyAgent(StepAgent):
         self.fills = SpscRing.attach(ctx.run, "fills", FILL)
         self.fprod = self.fills.producer()
         self.scores = Board.attach(ctx.run, "scores", SCORE)
+        self.queue = SpscRing.attach(ctx.run, SCORES_QUEUE, SCORE) if cfg.inference.lockstep else None
+        if self.queue is not None:
+            self.qcons = self.queue.consumer(0, parks=True)
         pp = paper.params_from(cfg.paper.latency_ms, cfg.paper.maker_fee_bps, cfg.paper.taker_fee_bps)
         self.core = E.Core(n_sym, risk_vector(cfg, self.strategy), pp)
         self.params = self.strategy.params_array()
@@ -232,6 +254,9 @@ class StrategyAgent(StepAgent):
             "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e), "dec": pack.add(ctx.hist_aux),
             "ctr": pack.add(ctx.counters.view(np.int64)),
         }
+        if self.queue is not None:
+            ix.update(q_addr=pack.scalar(self.queue.addr), q_slots=pack.add(self.queue.slots),
+                      q_mask=pack.scalar(self.queue.mask))
         try:
             step = build_step(ix, self.strategy, n_sym)
         except Exception as exc:  # numba's message is long and deep: say whose code it is first
@@ -241,6 +266,17 @@ class StrategyAgent(StepAgent):
                                f"ctx.st[s].<name> in STATE or STATE_ARRAYS, functions from procs.api; "
                                f"the full error is in stages.log") from exc
         self.step = cstep.bind(step, pack)
+
+    def parker(self) -> Callable[[int], bool]:
+        """A futex wait on the book ring; lockstep: on the scores queue while a book waits for its score."""
+        if self.queue is None:
+            return self.cons.park
+        books, qcons = self.cons, self.qcons
+
+        def park(timeout_ns: int) -> bool:
+            return (qcons if books.lag else books).park(timeout_ns)
+
+        return park
 
     def _flush_files(self) -> None:
         """equity.csv and risk_events.csv rows staged by the engine (background work, between steps)."""
@@ -306,8 +342,9 @@ class StrategyAgent(StepAgent):
             self.strategy.close(self.state, run_dir)
         finally:
             Path(run_dir, "strategy.json").write_bytes(orjson.dumps(self.results(), option=orjson.OPT_INDENT_2))
-            for ring in (self.books, self.orders, self.fills, self.scores):
-                ring.close()
+            for ring in (self.books, self.orders, self.fills, self.scores, self.queue):
+                if ring is not None:
+                    ring.close()
 
 
 AGENT = StrategyAgent

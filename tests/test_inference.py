@@ -19,7 +19,7 @@ import pytest
 
 from procs import inference as inf
 from procs.agent import AgentContext
-from procs.config import Config
+from procs.config import FEATURES_QUEUE, SCORES_QUEUE, Config
 from procs.inference import InferenceAgent, fill_scores, load_models, pair_id
 from procs.model import Model
 from shm.features import FEATURE_INDEX, FEATURE_NAMES
@@ -37,7 +37,7 @@ from shm.records import (
     SCORE_N_VALUES,
     SCORE_UP,
 )
-from shm.ring import Board
+from shm.ring import Board, SpscRing
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -181,6 +181,52 @@ def test_two_models_one_score_record_per_symbol(run_id: str, tmp_path: Path, mod
         assert st.counters()["scored"] == 4
     finally:
         st.close()
+
+
+def test_lockstep_scores_every_queued_vector_in_order(run_id: str, tmp_path: Path, models: dict[str, Path]) -> None:
+    """inference.lockstep: every FEATURES record of the queue gets its own SCORE, in order (feature_seq = the
+    record's seq, which the strategy pairs with BOOK.seq), none skipped; the board keeps each symbol's newest;
+    a full scores queue holds the features back instead of dropping them."""
+    qf = SpscRing.create(run_id, FEATURES_QUEUE, FEATURES, 8)
+    qs = SpscRing.create(run_id, SCORES_QUEUE, SCORE, 8)
+    st = Stage(run_id, tmp_path, model=str(models["anomaly"]), direction_model=str(models["direction"]),
+               lockstep=True)
+    try:
+        fprod, scons = qf.producer(), qs.consumer(0)
+        rng = np.random.default_rng(3)
+        recs = np.zeros(12, FEATURES.dtype)
+        recs["symbol"] = [0, 1, 0, 2, 2, 2, 1, 0, 1, 2, 0, 0]
+        recs["values"] = rng.normal(size=(12, len(FEATURE_NAMES))) * 3
+        recs["values"][:, 0] = 100.0
+        recs["flags"] = FLAG_FEATURES_WARM
+        assert fprod.write(recs[:8]) == 8  # the ring stamps seq 1..8
+        assert st.agent.do_work() == 8
+        assert fprod.write(recs[8:]) == 4
+        assert st.agent.do_work() == 0  # the scores queue is full: the features wait, none is lost
+        got = scons.read(8)
+        assert st.agent.do_work() == 4
+        got = np.concatenate([got, scons.read(8)])
+        assert got["feature_seq"].tolist() == list(range(1, 13))
+        assert got["symbol"].tolist() == recs["symbol"].tolist()
+        a = expected(models["anomaly"], recs["values"])
+        d = expected(models["direction"], recs["values"])
+        np.testing.assert_allclose(got["values"][:, SCORE_ANOMALY_RAW], a[:, 0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got["values"][:, SCORE_UP], d[:, 0], rtol=1e-5, atol=1e-5)
+        for s in range(3):  # the board: the symbol's last record
+            assert st.score(s)["feature_seq"] == 1 + max(i for i in range(12) if recs["symbol"][i] == s)
+        c = st.counters()
+        assert c["scored"] == 12 and c["features_skipped"] == 0 and c["batches"] == 2
+    finally:
+        st.close()
+        qf.close()
+        qs.close()
+
+
+def test_newest_per_symbol() -> None:
+    out = np.zeros(6, SCORE.dtype)
+    out["symbol"] = [2, 0, 2, 9, 0, 1]  # 9: not a symbol of the run, left out
+    assert sorted(inf.newest_per_symbol(out, 6, np.zeros(3, np.int64)).tolist()) == [2, 4, 5]
+    assert inf.newest_per_symbol(out, 2, np.zeros(3, np.int64)).tolist() == [1, 0]  # symbol order: 0, then 2
 
 
 def test_error_score_model_without_direction(run_id: str, tmp_path: Path, models: dict[str, Path]) -> None:
