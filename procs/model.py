@@ -14,6 +14,11 @@ error), which procs/inference.py compares to `threshold`; column 0 of a directio
 Scoring a batch of 1-8 rows costs a few µs: per batch size the input/output buffers and the ONNX
 Runtime IO binding are made once and reused, and the gather + standardise + cast is one compiled loop
 (two numpy ufunc calls cost 1.6 µs of a 6 µs call at batch 1; the loop costs 0.4 µs).
+
+A sidecar with a `frame` (FRAME_FIELDS; scripts/train_anomaly.py's VAE) moves the lookup before and the
+score after the network into two compiled per-row kernels, `_frame_pre` and `_frame_post`, because ONNX
+Runtime charges 0.15-0.3 µs per node at batch 1 and these are 19 tiny nodes (a symbol lookup, one-hot
+rows of tables, elementwise terms): the graph is the network only, from the frame to its P and Q heads.
 """
 
 from __future__ import annotations
@@ -51,6 +56,27 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "history": "anomaly only: {\"kind\": \"ew_mean\", \"tau_ms\": number > 0}: the alert compares the "
                "exponentially weighted time mean of the symbol's column 0 (time constant tau_ms, each value "
                "held until the next) with threshold, not the row's own column 0; absent: the row's own",
+    "frame": "object (FRAME_FIELDS): the graph is a network over a frame of columns, the lookup before it and "
+             "the score after it run in compiled kernels; absent: the graph takes the standardised features "
+             "and its first output is the score",
+}
+#: The `frame` sidecar field's kind: the only one this loader knows.
+FRAME_KIND = "cvae-frame-v1"
+#: The `frame` field's own fields (validated by parse_frame; documented in models/README.md). K = the
+#: number of symbols, n = len(features) - 1 (features[0] is the price the symbol is looked up from).
+FRAME_FIELDS: dict[str, str] = {
+    "kind": f"{FRAME_KIND!r}",
+    "symbols": "non-empty list of distinct names, in lookup order (highest price first): K symbols",
+    "latent": "int >= 1: latent dimensions",
+    "bounds": "K - 1 prices, strictly decreasing: the row is symbol j for the first bound j its price is above "
+              "(the last symbol when none)",
+    "centre": "K rows of n numbers: per symbol, subtracted from the standardised features[1:]",
+    "inv_scale": "K rows of n numbers: per symbol, multiplied in before asinh",
+    "one_hot": "finite number > 0: the frame's one-hot value at the row's symbol",
+    "clip_features": "[lo, hi], lo < hi: Q's range on the feature columns (minus the log variance)",
+    "clip_latent": "[lo, hi], lo < hi: Q's range on the KL columns (the latent log variance)",
+    "score_scale": "K numbers: r = max(score_scale[k] * sum(F) + score_offset[k], 0)",
+    "score_offset": "K numbers",
 }
 KINDS = ("anomaly", "direction")
 SCORE_KINDS = ("probability", "error")
@@ -207,6 +233,15 @@ def parse_sidecar(meta: Any, path: str | Path = "<sidecar>", kind: str | None = 
         raise _bad(path, "threshold", "finite number > 0 (score_kind 'error': alert when column 0 > threshold)",
                    thr)
     history_tau_ms = _history(path, meta.get("history"), model_kind)
+    frame = None
+    if meta.get("frame") is not None:
+        if model_kind != "anomaly":
+            raise _bad(path, "frame", "absent (a direction model's graph takes the standardised features)",
+                       meta["frame"])
+        if len(outputs) != 2:
+            raise _bad(path, "outputs", "2 names (a frame model's score kernel writes [r / (1 + r), ln(1 + r)])",
+                       outputs)
+        frame = parse_frame(path, meta["frame"], n, mean, std, [FEATURE_INDEX[f] for f in features])
     version = meta["version"]
     if not isinstance(version, str) or not version:
         raise _bad(path, "version", REQUIRED_FIELDS["version"], version)
@@ -217,7 +252,7 @@ def parse_sidecar(meta: Any, path: str | Path = "<sidecar>", kind: str | None = 
             "std": std, "outputs": outputs, "threshold": float(thr), "version": version,
             "trained_on": meta["trained_on"], "metrics": meta["metrics"], "kind": model_kind,
             "kind_declared": declared_kind is not None, "score_kind": score_kind, "feature_layout": layout,
-            "history_tau_ms": history_tau_ms}
+            "history_tau_ms": history_tau_ms, "frame": frame}
 
 
 def _history(path: Path, h: Any, kind: str) -> float:
@@ -293,18 +328,214 @@ def _standardise(x: np.ndarray, idx: np.ndarray, mean: np.ndarray, inv_std: np.n
     return n
 
 
+def _frame_numbers(path: Path, spec: dict[str, Any], name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """frame.<name> as a float64 array of `shape`; ValueError naming the field, the shape expected and found."""
+    v = spec.get(name)
+    field = f"frame.{name}"
+    expected = (" x ".join(map(str, shape)) + " finite numbers" if shape else "a finite number") + f" ({what})"
+    if v is None:
+        raise _bad(path, field, expected, "missing")
+    if isinstance(v, list) and v and all(isinstance(r, list) for r in v) and len({len(r) for r in v}) > 1:
+        raise _bad(path, field, expected, f"rows of {[len(r) for r in v]} items")
+    try:
+        a = np.asarray(v, np.float64)
+    except (TypeError, ValueError):  # strings, nested deeper
+        raise _bad(path, field, expected, v) from None
+    if a.shape != shape:
+        raise _bad(path, field, expected, f"shape {' x '.join(map(str, a.shape)) or 'scalar'}")
+    if not np.isfinite(a).all() or any(isinstance(b, bool) for b in np.asarray(v, object).ravel()):
+        raise _bad(path, field, expected, v)
+    return a
+
+
+def parse_frame(path: str | Path, spec: Any, n_features: int, mean: np.ndarray, std: np.ndarray,
+                feature_index: list[int]) -> Frame:
+    """Validate a sidecar's `frame` (FRAME_FIELDS) for a model reading `n_features` features; ValueError
+    naming the field, what was expected and what was found."""
+    path = Path(path)
+    if not isinstance(spec, dict):
+        raise _bad(path, "frame", OPTIONAL_FIELDS["frame"], type(spec).__name__)
+    if spec.get("kind") != FRAME_KIND:
+        raise _bad(path, "frame.kind", FRAME_FIELDS["kind"], spec.get("kind", "missing"))
+    syms = spec.get("symbols")
+    if not isinstance(syms, list) or not syms or not all(isinstance(x, str) and x for x in syms) \
+            or len(set(syms)) != len(syms):
+        raise _bad(path, "frame.symbols", FRAME_FIELDS["symbols"], syms)
+    lat = spec.get("latent")
+    if isinstance(lat, bool) or not isinstance(lat, int) or lat < 1:
+        raise _bad(path, "frame.latent", FRAME_FIELDS["latent"], lat)
+    if n_features < 2:
+        raise _bad(path, "features", "the lookup price and at least one feature (the sidecar has a frame)",
+                   f"{n_features} names")
+    k, n = len(syms), n_features - 1
+    rows = f"frame.symbols x features[1:] = {k} x {n}"
+    bounds = _frame_numbers(path, spec, "bounds", (k - 1,), "K - 1 = len(frame.symbols) - 1")
+    if (np.diff(bounds) >= 0).any():
+        raise _bad(path, "frame.bounds", FRAME_FIELDS["bounds"], spec["bounds"])
+    centre = _frame_numbers(path, spec, "centre", (k, n), rows)
+    inv_scale = _frame_numbers(path, spec, "inv_scale", (k, n), rows)
+    one_hot = float(_frame_numbers(path, spec, "one_hot", (), "> 0"))
+    if not one_hot > 0:
+        raise _bad(path, "frame.one_hot", FRAME_FIELDS["one_hot"], one_hot)
+    clips = []
+    for name in ("clip_features", "clip_latent"):
+        c = _frame_numbers(path, spec, name, (2,), "[lo, hi]")
+        if not c[0] < c[1]:
+            raise _bad(path, f"frame.{name}", FRAME_FIELDS[name], spec[name])
+        clips.append(c)
+    scale = _frame_numbers(path, spec, "score_scale", (k,), "one per symbol of frame.symbols")
+    offset = _frame_numbers(path, spec, "score_offset", (k,), "one per symbol of frame.symbols")
+    return Frame(k, n, lat, feature_index, mean, std, bounds, centre, inv_scale, one_hot, *clips, scale, offset)
+
+
+class Frame:
+    """A sidecar's `frame`: the constants of the pre and post kernels, packed for them.
+
+    The frame has 2K + n + 2 latent + 1 columns: K lookup columns (0 here: the network's weights there
+    are 0), n features, latent KL and latent mu columns (0 here: the network writes them), K one-hot
+    columns and a 0. The graph maps the frame to P and Q of the same width; the post kernel reads the
+    symbol back from P's one-hot columns (the network passes them through), so it needs only P and Q.
+    """
+
+    def __init__(self, k: int, n: int, latent: int, feature_index: list[int], mean: np.ndarray, std: np.ndarray,
+                 bounds: np.ndarray, centre: np.ndarray, inv_scale: np.ndarray, one_hot: float,
+                 clip_features: np.ndarray, clip_latent: np.ndarray, score_scale: np.ndarray,
+                 score_offset: np.ndarray) -> None:
+        self.k, self.n, self.latent = k, n, latent
+        self.width = 2 * k + n + 2 * latent + 1
+        # the lookup, centre and scale run in float32 as the graph did (bounds, centre and 1/scale are float32
+        # values in the sidecar): so a price at a bound goes where the graph sent it, and u is the graph's u
+        f32 = [np.asarray(a, np.float32).astype(np.float64) for a in (bounds, centre, inv_scale)]
+        # one float64 vector and one int64 vector: a numba call costs about 0.09 µs per array argument
+        self.c = np.concatenate([mean, 1.0 / np.asarray(std, np.float64), f32[0], f32[1].ravel(), f32[2].ravel(),
+                                 [one_hot], clip_features, clip_latent, score_scale, score_offset]).astype(np.float64)
+        self.lay = np.asarray([k, n, latent, self.width, *feature_index], np.int64)
+        self.digest = b""  # set by Model.load: the field's canonical JSON, which model_id covers
+
+    def pre(self, x: np.ndarray) -> np.ndarray:
+        """x (rows, 16) raw float64 features -> the graph's float32 input frame (a new array)."""
+        out = np.zeros((len(x), self.width), np.float32)
+        _frame_pre(np.asarray(x, np.float64), self.lay, self.c, out)
+        return out
+
+    def post(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """The graph's P and Q -> (rows, 2) float32 [r / (1 + r), ln(1 + r)] (a new array)."""
+        pq = np.stack([np.asarray(p, np.float32), np.asarray(q, np.float32)])
+        out = np.zeros((pq.shape[1], 2), np.float32)
+        _frame_post(pq, self.lay, self.c, out)
+        return out
+
+
+@njit(cache=True, nogil=True)
+def _frame_pre(x: np.ndarray, lay: np.ndarray, c: np.ndarray, out: np.ndarray) -> int:
+    """Per row: z = (x[idx] - mean) / std; the symbol j = the first bound z[0] is above (float32, as the
+    graph's Sign of mid - bound); out[feature i] = asinh((z[1 + i] - centre[j, i]) * inv_scale[j, i]) in
+    float32, out[one-hot j] = one_hot, every other column 0 (a price that is not finite: NaN features, so
+    NaN scores). Returns the rows."""
+    k, n, w = lay[0], lay[1], lay[3]
+    nf = n + 1
+    o_b = 2 * nf
+    o_c = o_b + k - 1
+    o_s = o_c + k * n
+    one_hot = np.float32(c[o_s + k * n])
+    o_oh = k + n + 2 * lay[2]
+    for r in range(out.shape[0]):
+        for col in range(w):
+            out[r, col] = 0.0
+        mid = np.float32((x[r, lay[4]] - c[0]) * c[nf])
+        if not math.isfinite(mid):
+            for i in range(n):
+                out[r, k + i] = math.nan  # no symbol without a price: NaN out, as the 35-node graph gave
+            continue
+        j = k - 1
+        for b in range(k - 1):
+            if mid > np.float32(c[o_b + b]):
+                j = b
+                break
+        for i in range(n):
+            z = np.float32((x[r, lay[5 + i]] - c[1 + i]) * c[nf + 1 + i])
+            v = np.float32(z - np.float32(c[o_c + j * n + i]))
+            out[r, k + i] = math.asinh(np.float32(v * np.float32(c[o_s + j * n + i])))
+        out[r, o_oh + j] = one_hot
+    return out.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def _frame_post(pq: np.ndarray, lay: np.ndarray, c: np.ndarray, out: np.ndarray) -> int:
+    """Per row, from P = pq[0] and Q = pq[1]: the symbol j = the one-hot column of P that is not 0; with q
+    clipped per column group, F = P^2 exp(q) - q summed over the feature, KL and mu columns (every NLL and
+    KL term, in float64), r = max(score_scale[j] * sum + score_offset[j], 0) -> [r / (1 + r), ln(1 + r)].
+    NaN in, NaN out. Returns the rows."""
+    k, n, lat = lay[0], lay[1], lay[2]
+    nf = n + 1
+    o_x = 2 * nf + k - 1 + 2 * k * n + 1
+    lo_x, hi_x, lo_z, hi_z = c[o_x], c[o_x + 1], c[o_x + 2], c[o_x + 3]
+    o_sc = o_x + 4
+    o_oh = k + n + 2 * lat
+    p, q = pq[0], pq[1]
+    for r in range(out.shape[0]):
+        j = -1
+        for s in range(k):
+            if p[r, o_oh + s] != 0.0:
+                j = s
+                break
+        acc = 0.0
+        for col in range(k, k + n + 2 * lat):
+            qq = float(q[r, col])
+            if col < k + n:
+                qq = min(max(qq, lo_x), hi_x)
+            elif col < k + n + lat:
+                qq = min(max(qq, lo_z), hi_z)
+            pp = float(p[r, col])
+            # Q is exactly 0 on the mu columns: exp only where it can differ from 1 (20 ns each)
+            acc += pp * pp * (math.exp(qq) if qq != 0.0 else 1.0) - qq
+        if j < 0:
+            v = math.nan  # no symbol: a NaN came through the network
+        else:
+            v = c[o_sc + j] * acc + c[o_sc + k + j]
+            if v < 0.0:
+                v = 0.0
+        out[r, 0] = v / (1.0 + v)
+        out[r, 1] = math.log1p(v)
+    return out.shape[0]
+
+
+def _bind_outputs(binding: Any, names: list[str], bufs: list[np.ndarray]) -> None:
+    for name, buf in zip(names, bufs, strict=True):
+        binding.bind_output(name, "cpu", 0, np.float32, buf.shape, buf.ctypes.data)
+
+
 class _Slot:
     """Input/output buffers and IO binding for one batch size (reused by every call with that size)."""
 
-    __slots__ = ("binding", "out", "x32")
+    __slots__ = ("binding", "out", "pq", "x32")
 
-    def __init__(self, sess: ort.InferenceSession, in_name: str, out_name: str, n: int, k_in: int, k_out: int):
-        self.x32 = np.zeros((n, k_in), np.float32)
-        self.out = np.zeros((n, k_out), np.float32)
-        self.binding = sess.io_binding()
-        # both bound to our own numpy buffers: ONNX Runtime reads x32 and writes out in place, no copies
-        self.binding.bind_cpu_input(in_name, self.x32)
-        self.binding.bind_output(out_name, "cpu", 0, np.float32, self.out.shape, self.out.ctypes.data)
+    def __init__(self, model: Model, n: int) -> None:
+        self.x32 = np.zeros((n, model.graph_width), np.float32)
+        self.out = np.zeros((n, model.n_outputs), np.float32)
+        # a frame model's graph writes P and Q into one buffer, so that the post kernel takes one argument
+        self.pq = np.zeros((2, n, model.graph_width), np.float32) if model.frame is not None else self.out[None]
+        self.binding = model.session.io_binding()
+        # both bound to our own numpy buffers: ONNX Runtime reads x32 and writes out (or pq) in place, no copies
+        self.binding.bind_cpu_input(model._in, self.x32)
+        _bind_outputs(self.binding, model.graph_outputs, list(self.pq))
+
+
+def _check_frame_graph(path: Path, side: Path, frame: Frame, ins: list[Any], outs: list[Any]) -> None:
+    """A frame model's graph: one float32 input [batch, width] and P, Q float32 [batch, width] first."""
+    w = frame.width
+    what = (f"frame of {w} columns (2 x {frame.k} symbols + {frame.n} features + 2 x {frame.latent} latent + 1, "
+            f"from the sidecar's 'frame')")
+    if len(ins) != 1 or ins[0].type != "tensor(float)" or len(ins[0].shape) != 2 \
+            or (isinstance(ins[0].shape[1], int) and ins[0].shape[1] != w):
+        found = [(i.name, i.type, i.shape) for i in ins]
+        raise ValueError(f"{path}: graph inputs: expected one float32 tensor [batch, {w}], the {what}; found {found}")
+    bad = len(outs) < 2 or any(o.type != "tensor(float)" or len(o.shape) != 2
+                               or (isinstance(o.shape[1], int) and o.shape[1] != w) for o in outs[:2])
+    if bad:
+        found = [(o.name, o.type, o.shape) for o in outs]
+        raise ValueError(f"{path}: graph outputs: expected P and Q, float32 [batch, {w}] each, first (the {what}; "
+                         f"{side} has a 'frame'), found {found}")
 
 
 class Model:
@@ -333,9 +564,15 @@ class Model:
         self.metrics: dict[str, Any] = meta["metrics"]
         self.model_id: int = model_id
         self.graph_bytes = b""  # set by load: SCORE.model_id of a model pair continues the crc over both
+        #: the sidecar's `frame` (None: the graph takes the standardised features, its first output is the score)
+        self.frame: Frame | None = meta.get("frame")
+        #: the graph's input width: len(features), or the frame's
+        self.graph_width: int = self.frame.width if self.frame is not None else len(self.features)
         self._idx = np.asarray(self.feature_index, np.intp)
         self._in = session.get_inputs()[0].name
-        self._out = session.get_outputs()[0].name
+        #: the graph outputs score binds: the first, or a frame model's P and Q
+        self.graph_outputs: list[str] = [o.name for o in session.get_outputs()[:2 if self.frame is not None else 1]]
+        self._out = self.graph_outputs[0]
         self._slots: dict[int, _Slot] = {}
 
     @classmethod
@@ -362,28 +599,52 @@ class Model:
         sess = ort.InferenceSession(raw, session_options(intra_op_threads), providers=["CPUExecutionProvider"])
         ins, outs = sess.get_inputs(), sess.get_outputs()
         k_in, k_out = len(meta["features"]), len(meta["outputs"])
+        frame: Frame | None = meta["frame"]
+        if frame is not None:
+            _check_frame_graph(path, side, frame, ins, outs)
         if len(ins) != 1 or ins[0].type != "tensor(float)" or len(ins[0].shape) != 2:
             found = [(i.name, i.type, i.shape) for i in ins]
             raise ValueError(f"{path}: graph inputs: expected one float32 tensor [batch, {k_in}], found {found}")
         if not outs or outs[0].type != "tensor(float)" or len(outs[0].shape) != 2:
             found = [(o.name, o.type, o.shape) for o in outs]
             raise ValueError(f"{path}: graph outputs: expected float32 [batch, {k_out}] first, found {found}")
-        if isinstance(ins[0].shape[1], int) and ins[0].shape[1] != k_in:
+        if frame is None and isinstance(ins[0].shape[1], int) and ins[0].shape[1] != k_in:
             raise _bad(side, "features", f"{ins[0].shape[1]} names (the graph's input width)", f"{k_in} names")
-        if isinstance(outs[0].shape[1], int) and outs[0].shape[1] != k_out:
+        if frame is None and isinstance(outs[0].shape[1], int) and outs[0].shape[1] != k_out:
             raise _bad(side, "outputs", f"{outs[0].shape[1]} names (the graph's output width)", f"{k_out} names")
-        # crc32 of the graph bytes: a u32 that changes whenever the model does (SCORE.model_id)
-        model = cls(path, sess, meta, zlib.crc32(raw) & 0xFFFFFFFF)
+        # crc32 of the graph bytes: a u32 that changes whenever the model does (SCORE.model_id); a frame's
+        # constants are the model too, so the crc continues over them
+        crc = zlib.crc32(raw)
+        if frame is not None:
+            frame.digest = json.dumps(meta_raw["frame"], sort_keys=True, separators=(",", ":")).encode()
+            crc = zlib.crc32(frame.digest, crc)
+        model = cls(path, sess, meta, crc & 0xFFFFFFFF)
         model.graph_bytes = raw
         return model
 
     def _slot(self, n: int) -> _Slot:
         s = self._slots.get(n)
         if s is None:
-            s = _Slot(self.session, self._in, self._out, n, len(self._idx), self.n_outputs)
+            s = _Slot(self, n)
             if n <= MAX_CACHED_BATCH:
                 self._slots[n] = s
         return s
+
+    def graph_input(self, x: np.ndarray) -> np.ndarray:
+        """x (n, 16) raw float64 features -> what score feeds the graph (float32, a new array): the
+        standardised features, or a frame model's frame."""
+        x = np.asarray(x, np.float64)
+        if self.frame is not None:
+            return self.frame.pre(x)
+        out = np.zeros((len(x), len(self._idx)), np.float32)
+        _standardise(x, self._idx, self.mean, self.inv_std, out)
+        return out
+
+    def from_graph(self, outs: list[np.ndarray]) -> np.ndarray:
+        """The graph's outputs (graph_outputs, in order) -> score's (n, k) columns (a new array)."""
+        if self.frame is not None:
+            return self.frame.post(outs[0], outs[1])
+        return np.array(outs[0], np.float32)
 
     def score(self, x: np.ndarray, *, copy: bool = True) -> np.ndarray:
         """x (n, 16) raw features in FEATURE_NAMES order (float64, may be a strided view) -> (n, k) float32.
@@ -400,8 +661,14 @@ class Model:
         if n == 0:
             return np.zeros((0, self.n_outputs), np.float32)
         s = self._slots.get(n) or self._slot(n)
-        _standardise(x, self._idx, self.mean, self.inv_std, s.x32)
-        self.session.run_with_iobinding(s.binding)
+        f = self.frame
+        if f is None:
+            _standardise(x, self._idx, self.mean, self.inv_std, s.x32)
+            self.session.run_with_iobinding(s.binding)
+        else:
+            _frame_pre(x, f.lay, f.c, s.x32)
+            self.session.run_with_iobinding(s.binding)
+            _frame_post(s.pq, f.lay, f.c, s.out)
         # a copy by default: the slot's buffer is overwritten by the next call of the same size
         return s.out.copy() if copy else s.out
 
@@ -433,17 +700,18 @@ class ModelPair:
     """The anomaly and direction models as one ONNX Runtime session: one call scores a batch with both.
 
     ONNX Runtime costs about 1.7 µs per run before the first operator (measured with an Identity graph), so
-    merging the two graphs (`onnx.compose.merge_models`, names prefixed "a/" and "d/", each graph's first
-    output kept) saves one of those, plus one Python call, per pass. `build` returns None without the
-    `onnx` package (the runtime needs only onnxruntime) or when the graphs do not merge; the stage then
-    runs the two sessions. Each model's `score` is unchanged (evaluation and reports use it).
+    merging the two graphs (`onnx.compose.merge_models`, names prefixed "a/" and "d/", the outputs each
+    model's score binds kept) saves one of those, plus one Python call, per pass. `build` returns None
+    without the `onnx` package (the runtime needs only onnxruntime) or when the graphs do not merge; the
+    stage then runs the two sessions. Each model's `score` is unchanged (evaluation and reports use it), and
+    a frame model's pre and post kernels run around the merged call as around its own.
     """
 
     def __init__(self, anomaly: Model, direction: Model, session: ort.InferenceSession) -> None:
         self.anomaly = anomaly
         self.direction = direction
         self.session = session
-        self._slots: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]] = {}
+        self._slots: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]] = {}
 
     @classmethod
     def build(cls, anomaly: Model, direction: Model, intra_op_threads: int = 1) -> tuple[ModelPair | None, str]:
@@ -456,29 +724,31 @@ class ModelPair:
         try:
             a = compose.add_prefix(onnx.load_from_string(anomaly.graph_bytes), "a/")
             d = compose.add_prefix(onnx.load_from_string(direction.graph_bytes), "d/")
-            merged = compose.merge_models(a, d, io_map=[],
-                                          outputs=[a.graph.output[0].name, d.graph.output[0].name])
+            keep = [*("a/" + n for n in anomaly.graph_outputs), *("d/" + n for n in direction.graph_outputs)]
+            merged = compose.merge_models(a, d, io_map=[], outputs=keep)
             sess = ort.InferenceSession(merged.SerializeToString(), session_options(intra_op_threads),
                                         providers=["CPUExecutionProvider"])
         except Exception as e:  # any refusal (opsets, IR versions): the two sessions still work
             return None, f"the two graphs do not merge ({type(e).__name__}: {e}): two ONNX Runtime calls per pass"
         return cls(anomaly, direction, sess), ""
 
-    def _slot(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+    def _slot(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
         s = self._slots.get(n)
         if s is None:
             a, d = self.anomaly, self.direction
-            xa = np.zeros((n, len(self.anomaly.features)), np.float32)
-            xd = np.zeros((n, len(self.direction.features)), np.float32)
-            oa = np.zeros((n, self.anomaly.n_outputs), np.float32)
-            od = np.zeros((n, self.direction.n_outputs), np.float32)
+            xa = np.zeros((n, a.graph_width), np.float32)
+            xd = np.zeros((n, d.graph_width), np.float32)
+            oa = np.zeros((n, a.n_outputs), np.float32)
+            od = np.zeros((n, d.n_outputs), np.float32)
+            # a frame model's P and Q (else oa itself), as in _Slot
+            pq = np.zeros((2, n, a.graph_width), np.float32) if a.frame is not None else oa[None]
             b = self.session.io_binding()
-            # bound to our own buffers: ONNX Runtime reads xa, xd and writes oa, od in place
+            # bound to our own buffers: ONNX Runtime reads xa, xd and writes pq (or oa), od in place
             b.bind_cpu_input("a/" + a._in, xa)
             b.bind_cpu_input("d/" + d._in, xd)
-            b.bind_output("a/" + a._out, "cpu", 0, np.float32, oa.shape, oa.ctypes.data)
-            b.bind_output("d/" + d._out, "cpu", 0, np.float32, od.shape, od.ctypes.data)
-            s = (xa, xd, oa, od, b)
+            _bind_outputs(b, ["a/" + name for name in a.graph_outputs], list(pq))
+            _bind_outputs(b, ["d/" + d._out], [od])
+            s = (xa, xd, pq, oa, od, b)
             if n <= MAX_CACHED_BATCH:
                 self._slots[n] = s
         return s
@@ -487,9 +757,15 @@ class ModelPair:
         """x (n, 16) float64 raw features -> (anomaly outputs, direction outputs), the pair's own buffers for
         batch size n (valid until the next call with the same n), as Model.score(copy=False) of each."""
         n = x.shape[0]
-        xa, xd, oa, od, b = self._slots.get(n) or self._slot(n)
+        xa, xd, pq, oa, od, b = self._slots.get(n) or self._slot(n)
         a, d = self.anomaly, self.direction
-        _standardise(x, a._idx, a.mean, a.inv_std, xa)
+        f = a.frame
+        if f is None:
+            _standardise(x, a._idx, a.mean, a.inv_std, xa)
+        else:
+            _frame_pre(x, f.lay, f.c, xa)
         _standardise(x, d._idx, d.mean, d.inv_std, xd)
         self.session.run_with_iobinding(b)
+        if f is not None:
+            _frame_post(pq, f.lay, f.c, oa)
         return oa, od

@@ -15,6 +15,11 @@ temporary folder, for timing only and never written to models/), at batch 1, 4 a
 - `torch eager`: the same ONNX graph executed op by op with torch calls (no_grad, 1 thread), when torch and
   onnx are importable and every op is mapped (the result is checked against ONNX Runtime's first).
 
+For a model whose sidecar has a `frame` (the shipped VAE) the graph is the network only: `sess.run` and
+`iobinding` feed it the frame (`Model.graph_input`, made once) and take its P and Q outputs (both bound),
+while `Model.score` also runs the compiled pre kernel (lookup, per-symbol tables, asinh) and post kernel
+(the score) around it, so it is the figure to compare with another model's `Model.score`.
+
 Then batch 1 of one symbol through both models, p50 / p99 and ratios in the same run: torch eager (both
 graphs op by op), plain `sess.run` of each, Model.score of each, and ModelPair.score (the two graphs
 merged into one session, one call: what the stage runs when the `onnx` package is installed).
@@ -216,10 +221,10 @@ def _torch_ops() -> dict[str, Callable[..., Any]]:
     }
 
 
-def torch_eager(model: Model, x32: np.ndarray, want: np.ndarray) -> tuple[Callable[[], Any] | None, str]:
+def torch_eager(model: Model, x32: np.ndarray, want: list[np.ndarray]) -> tuple[Callable[[], Any] | None, str]:
     """The model's ONNX graph executed op by op with torch eager calls (torch.no_grad, one thread): what the
-    graph costs in torch without ONNX Runtime. (None, why) without torch / onnx, for an op not covered here,
-    or when the result differs from ONNX Runtime's."""
+    graph costs in torch without ONNX Runtime, up to the outputs Model.score binds (`want`: ONNX Runtime's).
+    (None, why) without torch / onnx, for an op not covered here, or when the result differs."""
     try:
         import onnx
         import torch
@@ -239,7 +244,7 @@ def torch_eager(model: Model, x32: np.ndarray, want: np.ndarray) -> tuple[Callab
             env0[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(_attrs(n)["value"])))
         else:
             steps.append((ops[n.op_type], list(n.input), list(n.output), _attrs(n)))
-    in_name, out_name = g.input[0].name, g.output[0].name
+    in_name, out_names = g.input[0].name, model.graph_outputs
     xt = torch.from_numpy(x32)
 
     def run() -> Any:
@@ -252,10 +257,10 @@ def torch_eager(model: Model, x32: np.ndarray, want: np.ndarray) -> tuple[Callab
                     env[outs[0]] = got
                 else:  # Split: one tensor per output
                     env.update(zip(outs, got, strict=True))
-        return env[out_name]
+        return [env[o] for o in out_names]
 
-    got = run().numpy()
-    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+    got = [t.numpy() for t in run()]
+    if any(a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, want, strict=True)):
         return None, f"torch eager skipped for {model.path.name}: its result differs from ONNX Runtime's"
     return run, ""
 
@@ -264,7 +269,9 @@ def torch_eager(model: Model, x32: np.ndarray, want: np.ndarray) -> tuple[Callab
 
 def bench_model(model: Model, calls: int, warmup: int, notes: list[str]) -> list[dict[str, Any]]:
     sess = ort.InferenceSession(model.graph_bytes, session_options(1), providers=["CPUExecutionProvider"])
-    in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    # the outputs Model.score binds: the score, or a frame model's P and Q
+    in_name, outs = sess.get_inputs()[0].name, model.graph_outputs
+    widths = [model.graph_width] * 2 if model.frame is not None else [model.n_outputs]
     rng = np.random.default_rng(1)
     res = []
     for n in BATCHES:
@@ -272,26 +279,28 @@ def bench_model(model: Model, calls: int, warmup: int, notes: list[str]) -> list
         rows["values"] = rng.normal(size=(n, len(FEATURE_NAMES)))
         rows["values"][:, 0] = 100.0 + rng.normal(size=n)
         raw = rows["values"]
-        x32 = ((raw[:, model.feature_index] - model.mean) / model.std).astype(np.float32)
-        out32 = np.zeros((n, model.n_outputs), np.float32)
+        x32 = model.graph_input(raw)  # the standardised features, or a frame model's frame
+        out32 = [np.zeros((n, w), np.float32) for w in widths]
         # ortvalue_from_numpy on the CPU wraps the numpy buffer (no copy): ORT reads x32, writes out32
         binding = sess.io_binding()
         binding.bind_ortvalue_input(in_name, ort.OrtValue.ortvalue_from_numpy(x32))
-        binding.bind_ortvalue_output(out_name, ort.OrtValue.ortvalue_from_numpy(out32))
+        for name, buf in zip(outs, out32, strict=True):
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf))
         sess.run_with_iobinding(binding)
-        want = sess.run([out_name], {in_name: x32})[0]
+        want_graph = sess.run(outs, {in_name: x32})
+        want = model.from_graph(want_graph)
         got = model.score(raw)
-        np.testing.assert_allclose(out32, want, rtol=1e-6, atol=1e-7)  # each path computes the same thing
+        for a, b in zip(out32, want_graph, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # each path computes the same thing
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         feed = {in_name: x32}
-        outs = [out_name]
         paths: list[tuple[str, Callable[[], object]]] = [
             ("sess.run", lambda s=sess, o=outs, f=feed: s.run(o, f)),
             ("iobinding", lambda s=sess, b=binding: s.run_with_iobinding(b)),
             ("Model.score", lambda r=raw: model.score(r, copy=False)),
             ("Model.score+copy", lambda r=raw: model.score(r)),
         ]
-        eager, why = torch_eager(model, x32, want)
+        eager, why = torch_eager(model, x32, want_graph)
         if eager is not None:
             paths.append(("torch eager", eager))
         elif why not in notes:
@@ -305,7 +314,8 @@ def bench_model(model: Model, calls: int, warmup: int, notes: list[str]) -> list
 
 def bench_both(models: dict[str, Model], calls: int, warmup: int) -> list[dict[str, Any]]:
     """Batch 1 of one symbol through both models, each path timed as one call: torch eager (both graphs op by
-    op), plain `sess.run` (a dict, standardised float32 inputs), and Model.score (the stage's path)."""
+    op), plain `sess.run` (a dict, the graph inputs made once: standardised features, or a frame model's
+    frame, whose pre and post kernels this path leaves out), and Model.score (the stage's path)."""
     rng = np.random.default_rng(3)
     rows = np.zeros(1, FEATURES.dtype)
     rows["values"] = rng.normal(size=(1, len(FEATURE_NAMES)))
@@ -314,9 +324,10 @@ def bench_both(models: dict[str, Model], calls: int, warmup: int) -> list[dict[s
     runs, eager = [], []
     for m in models.values():
         sess = ort.InferenceSession(m.graph_bytes, session_options(1), providers=["CPUExecutionProvider"])
-        x32 = ((raw[:, m.feature_index] - m.mean) / m.std).astype(np.float32)
-        runs.append((sess, [sess.get_outputs()[0].name], {sess.get_inputs()[0].name: x32}))
-        fn, _ = torch_eager(m, x32, sess.run(None, {sess.get_inputs()[0].name: x32})[0])
+        x32 = m.graph_input(raw)
+        feed = {sess.get_inputs()[0].name: x32}
+        runs.append((sess, m.graph_outputs, feed))
+        fn, _ = torch_eager(m, x32, sess.run(m.graph_outputs, feed))
         eager.append(fn)
     a, d = models["anomaly"], models["direction"]
 

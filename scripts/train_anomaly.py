@@ -14,8 +14,8 @@ Pipeline:
    Window level, as the strategy experiences it: windows caught, alert episodes that match a window, and
    false alarms per hour.
 
-The graph, on the sidecar-standardised input z = (x - mean) / std (procs/model.py applies mean and std;
-for `mid` they are 0 and 1, so the graph sees the price itself):
+The model, on the sidecar-standardised input z = (x - mean) / std (procs/model.py applies mean and std;
+for `mid` they are 0 and 1, so the lookup sees the price itself):
 - Symbol lookup. k = the symbol whose log mid price is nearest log(mid). The four simulated symbols'
   calm spreads, volatilities and flows differ by up to 100x, so every other feature is rescaled per
   symbol: u = asinh((z - centre[k]) / scale[k]). The centre is the median and the scale the std of the
@@ -29,6 +29,10 @@ for `mid` they are 0 and 1, so the graph sees the price itself):
   validation rows, s_ref[k] their 99.9th percentile minus s_calm[k]), column 0 = r / (1 + r) in [0, 1) and
   column 1 = ln(1 + r). An alert is column 0's alert history > threshold (step 3). Scoring each symbol
   against its own calm tail gives every symbol the same per-row false-alert rate at one threshold.
+
+The ONNX graph is the encoder and decoder only (`inference_module`); the lookup and per-symbol tables
+before it and the score after it run in procs/model.py's compiled kernels, with their constants in the
+sidecar's `frame` (`frame_spec`): ONNX Runtime charges per node at batch 1, and those were 19 tiny ones.
 
     python scripts/train_anomaly.py                                     # the shipped model
     python scripts/train_anomaly.py --seconds 120 --epochs 1 --out /tmp/a.onnx   # a quick try
@@ -77,7 +81,7 @@ OUTPUT_MEANING: dict[str, str] = {
                        "negative ELBO (Gaussian reconstruction NLL + KL, nats) at the posterior mean (see "
                        "`score`); a log so that it stays float32-exact for far-out rows",
 }
-#: ONNX opset of the exported graph (Asinh, Sign, Hardmax on one axis, Gemm are all older than this).
+#: ONNX opset of the exported graph (Gemm, Sigmoid and Mul are all older than this).
 OPSET = 17
 #: The strategy's default pause_hold_ms. Alerts this close together are one pause, so one episode.
 PAUSE_HOLD_MS = mm.EPISODE_GAP_MS
@@ -139,9 +143,10 @@ class Normalisation:
         return {"symbols": self.symbols, "log_mid": _floats(self.log_mid),
                 "features": RECONSTRUCTED, "centre": [_floats(r) for r in self.centre],
                 "scale": [_floats(r) for r in self.scale],
-                "meaning": "in the graph: k = argmin |log(mid) - log_mid|, u = asinh((z - centre[k]) / scale[k]) "
-                           "with z the sidecar-standardised input; centre = median and scale = std of z over "
-                           "the symbol's normal training rows"}
+                "meaning": "k = argmin |log(mid) - log_mid|, u = asinh((z - centre[k]) / scale[k]) with z the "
+                           "sidecar-standardised input; centre = median and scale = std of z over the symbol's "
+                           "normal training rows. procs/model.py's pre kernel runs it from the float32 tables "
+                           "of 'frame' (bounds at the geometric midpoints of the prices)"}
 
 
 def fit_normalisation(train: Dataset) -> Normalisation:
@@ -187,6 +192,7 @@ def build_model(norm: Normalisation, hidden: int, latent: int) -> torch.nn.Modul
                                      nn.SiLU(), nn.Linear(hidden, 2 * n_rec))
             self.latent = latent
             self.n_rec = n_rec
+            self.symbols = list(norm.symbols)  # names for the sidecar's frame (not a tensor)
             f32 = torch.float32
             self.register_buffer("log_mid", torch.tensor(norm.log_mid, dtype=f32))
             self.register_buffer("centre", torch.tensor(norm.centre, dtype=f32))
@@ -474,19 +480,18 @@ def evaluate(datasets: list[Dataset], levels: list[np.ndarray], threshold: float
 
 # -- export -------------------------------------------------------------------------------------------
 
-#: Powers of two that carry the symbol through the slim export (inference_module) exactly: ONE_HOT survives
-#: asinh (asinh(x) rounds to x for |x| < 2^-12), CONST survives SiLU (x * sigmoid(x) rounds to x for x >= 18),
-#: and a weight w / ONE_HOT or w / CONST times them is w again.
+#: Powers of two that carry the symbol through the network (inference_module) exactly: the frame holds
+#: ONE_HOT in the symbol's one-hot column (asinh(ONE_HOT) rounds to ONE_HOT, so it is what the 35-node
+#: graph had there), CONST survives SiLU (x * sigmoid(x) rounds to x for x >= 18), and a weight w / ONE_HOT
+#: or w / CONST times them is w again.
 ONE_HOT = 2.0 ** -16
 CONST = 64.0
-#: Added to the other symbols' score candidates, so that a row's max is its own symbol's (|score| << 1e15).
-MASK = -1e15
 
 
 @dataclass(frozen=True)
 class SlimLayout:
-    """Column groups of the slim export's frame tensors (z's lookup and features, u, P, Q, the score
-    candidates) and its hidden width (the network's plus one constant column)."""
+    """Column groups of the frame (the network's input, and its P and Q outputs: lookup, features, KL, mu,
+    one-hot, zero; procs.model.Frame) and the network's hidden width (its layers' plus one constant column)."""
 
     k: int  # symbols
     n_rec: int
@@ -494,11 +499,11 @@ class SlimLayout:
     hidden: int
 
     @property
-    def look(self) -> np.ndarray:  # mid - bounds (highest first), then 1; the one-hot of the symbol
+    def look(self) -> np.ndarray:  # 0 in the frame (the 35-node graph's lookup columns); weights there are 0
         return np.arange(self.k)
 
     @property
-    def feat(self) -> np.ndarray:  # z - centre, u, du, -logvar_x
+    def feat(self) -> np.ndarray:  # u; P: u - mean; Q: -logvar_x
         return self.k + np.arange(self.n_rec)
 
     @property
@@ -510,11 +515,11 @@ class SlimLayout:
         return self.k + self.n_rec + self.latent + np.arange(self.latent)
 
     @property
-    def onehot(self) -> np.ndarray:  # ONE_HOT * onehot(symbol), through asinh into the first layers
+    def onehot(self) -> np.ndarray:  # ONE_HOT * onehot(symbol), through the network into P
         return self.k + self.n_rec + 2 * self.latent + np.arange(self.k)
 
     @property
-    def zero(self) -> int:  # a 0 among the score candidates: the max is relu'd
+    def zero(self) -> int:
         return 2 * self.k + self.n_rec + 2 * self.latent
 
     @property
@@ -526,55 +531,40 @@ class SlimLayout:
         return self.hidden
 
 
-def slim_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """The constants of `inference_module`, float32, from the trained model (see there for the graph)."""
+def _lookup_order(model: torch.nn.Module) -> list[int]:
+    """One-hot column -> symbol: the symbols by price, highest first (the order of the lookup's bounds)."""
     import torch
 
-    f32 = torch.float32
+    return torch.argsort(model.log_mid.double(), descending=True).tolist()
+
+
+def slim_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The network's constants (inference_module), float32, from the trained model: the same numbers as in
+    the 35-node graph, whose lookup and score tables are now the sidecar's `frame` (frame_spec)."""
+    import torch
+
     lat, n_rec = model.latent, model.n_rec
     enc0, enc2, enc4 = model.enc[0], model.enc[2], model.enc[4]
     dec0, dec2, dec4 = model.dec[0], model.dec[2], model.dec[4]
     hidden = enc0.weight.shape[0]
     lay = SlimLayout(model.log_mid.shape[0], n_rec, lat, hidden)
-    look, feat, kl, mu, oh, c = lay.look, lay.feat, lay.kl, lay.mu, lay.onehot, lay.const
-    log_mid = model.log_mid.double()
-    lm = log_mid[torch.argsort(log_mid)]
-    order = torch.argsort(log_mid, descending=True).tolist()  # one-hot column -> symbol (highest price first)
+    feat, kl, mu, oh, c = lay.feat, lay.kl, lay.mu, lay.onehot, lay.const
     w = {name: np.zeros(shape) for name, shape in (
-        ("w_look", (len(MODEL_FEATURES), lay.width)), ("b_look", lay.width), ("w_centre", (lay.width, lay.width)),
-        ("w_scale", (lay.width, lay.width)), ("w_enc1", (lay.width, hidden + 1)),
-        ("w_enc2", (hidden + 1, hidden + 1)), ("b_enc2", hidden + 1), ("w_mu", (hidden + 1, lay.width)),
-        ("w_logvar", (hidden + 1, lay.width)), ("b_logvar", lay.width), ("w_dec1", (lay.width, hidden + 1)),
-        ("w_dec2", (hidden + 1, hidden + 1)), ("b_dec2", hidden + 1), ("w_mean", (hidden + 1, lay.width)),
-        ("w_precision", (hidden + 1, lay.width)), ("lo", lay.width), ("hi", lay.width),
-        ("w_score", (lay.width, lay.width)))}
+        ("w_enc1", (lay.width, hidden + 1)), ("w_enc2", (hidden + 1, hidden + 1)), ("b_enc2", hidden + 1),
+        ("w_mu", (hidden + 1, lay.width)), ("w_logvar", (hidden + 1, lay.width)), ("b_logvar", lay.width),
+        ("w_dec1", (lay.width, hidden + 1)), ("w_dec2", (hidden + 1, hidden + 1)), ("b_dec2", hidden + 1),
+        ("w_mean", (hidden + 1, lay.width)), ("w_precision", (hidden + 1, lay.width)))}
     with torch.no_grad():
         g = {k: v.double().numpy() for k, v in (
-            ("bounds", torch.exp((lm[1:] + lm[:-1]) / 2).to(f32)), ("e0", enc0.weight), ("e2w", enc2.weight),
-            ("e2b", enc2.bias), ("e4w", enc4.weight), ("e4b", enc4.bias), ("d0", dec0.weight), ("d2w", dec2.weight),
-            ("d2b", dec2.bias), ("d4w", dec4.weight), ("d4b", dec4.bias))}
-        for col, k in enumerate(order):
-            per = {"centre": model.centre[k], "isc": model.inv_scale[k],
-                   "encb": enc0.bias + enc0.weight[:, n_rec + k], "decb": dec0.bias + dec0.weight[:, lat + k],
-                   "ra": 0.5 * model.inv_score_ref[k],
-                   "rb": -(0.5 * lat + model.score_calm[k]) * model.inv_score_ref[k]}
-            per = {name: v.double().numpy() for name, v in per.items()}
-            w["w_centre"][col, feat] = -per["centre"]
-            w["w_scale"][col, feat] = per["isc"]
-            w["w_scale"][col, oh[col]] = ONE_HOT
-            w["w_scale"][col, look] = MASK
-            w["w_scale"][col, col] = 0.0  # S[look] = 0 at the row's symbol, MASK at the others
-            w["w_enc1"][oh[col], :hidden] = per["encb"] / ONE_HOT
+            ("e0", enc0.weight), ("e2w", enc2.weight), ("e2b", enc2.bias), ("e4w", enc4.weight), ("e4b", enc4.bias),
+            ("d0", dec0.weight), ("d2w", dec2.weight), ("d2b", dec2.bias), ("d4w", dec4.weight), ("d4b", dec4.bias))}
+        for col, k in enumerate(_lookup_order(model)):
+            encb = (enc0.bias + enc0.weight[:, n_rec + k]).double().numpy()
+            decb = (dec0.bias + dec0.weight[:, lat + k]).double().numpy()
+            w["w_enc1"][oh[col], :hidden] = encb / ONE_HOT
             w["w_enc1"][oh[col], c] = CONST / ONE_HOT
-            w["w_dec1"][oh[col], :hidden] = per["decb"] / ONE_HOT
+            w["w_dec1"][oh[col], :hidden] = decb / ONE_HOT
             w["w_dec1"][oh[col], c] = CONST / ONE_HOT
-            w["w_score"][np.r_[feat, kl, mu], col] = per["ra"]
-            w["w_score"][oh, col] = per["rb"] / ONE_HOT ** 2  # F[onehot] = ONE_HOT^2 at the row's symbol
-    w["w_look"][0, :lay.k - 1] = 1.0
-    w["b_look"][:lay.k - 1] = -g["bounds"][::-1]
-    w["b_look"][lay.k - 1] = 1.0
-    w["w_look"][1 + np.arange(n_rec), feat] = 1.0
-    w["b_look"][oh] = 1.0
     w["w_enc1"][feat, :hidden] = g["e0"][:, :n_rec].T
     for name, (wn, bn) in (("enc2", ("e2w", "e2b")), ("dec2", ("d2w", "d2b"))):
         w[f"w_{name}"][:hidden, :hidden] = g[wn].T
@@ -590,27 +580,54 @@ def slim_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
     w["w_mean"][:hidden, feat] = -g["d4w"][:n_rec].T
     w["w_mean"][c, feat] = -g["d4b"][:n_rec] / CONST
     w["w_precision"][:hidden, feat] = -g["d4w"][n_rec:].T
-    w["lo"][:], w["hi"][:] = -1e30, 1e30
-    w["lo"][feat], w["hi"][feat] = -LOGVAR_X[1], -LOGVAR_X[0]
-    w["lo"][kl], w["hi"][kl] = LOGVAR_Z
-    w["w_score"][oh[:, None], np.r_[feat, kl, mu, oh][None, :]] = MASK / ONE_HOT ** 2
     return {name: v.astype(np.float32) for name, v in w.items()}
 
 
-@functools.cache
-def _onnx_ops() -> tuple[Any, Any]:
-    """(hardmax, gemm) as torch functions that export to one ONNX node each: Hardmax on axis 1 (the one-hot
-    of each row's first maximum) and Gemm without C (torch.mm would export MatMul, which is slower here)."""
+def frame_spec(model: torch.nn.Module) -> dict[str, Any]:
+    """The sidecar's `frame` (procs.model.FRAME_FIELDS): what procs/model.py's pre and post kernels need, per
+    symbol in lookup order, float32 values computed as the 35-node graph's tables were (so the same numbers)."""
     import torch
 
-    class Hardmax(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.one_hot(torch.argmax(x, dim=1), x.shape[1]).to(x.dtype)
+    from procs.model import FRAME_KIND
 
-        @staticmethod
-        def symbolic(g: Any, x: Any) -> Any:
-            return g.op("Hardmax", x, axis_i=1)
+    def f32(t: torch.Tensor) -> list[Any]:
+        return np.asarray(t.detach().to(torch.float32).double().numpy()).tolist()
+
+    order = _lookup_order(model)
+    lm = torch.sort(model.log_mid.double()).values
+    with torch.no_grad():
+        bounds = torch.exp((lm[1:] + lm[:-1]) / 2).to(torch.float32).flip(0)  # highest first
+        ref = model.inv_score_ref[order]
+        scale = 0.5 * ref  # F sums 2 x (NLL + KL) + latent: see frame's meaning
+        offset = -(0.5 * model.latent + model.score_calm[order]) * ref
+    return {
+        "kind": FRAME_KIND,
+        "meaning": "procs/model.py runs the lookup before and the score after the graph, which is the network "
+                   "only: z = (x - mean) / std; the symbol j = the first of `bounds` z[0] (the price) is above, "
+                   "else the last; the frame holds asinh((z[1:] - centre[j]) * inv_scale[j]) in its feature "
+                   "columns and one_hot in one-hot column j (float32, as the graph did it before). From the "
+                   "graph's P and Q: F = P^2 exp(Q) - Q over the feature (Q clipped to clip_features), KL "
+                   "(clip_latent) and mu columns, r = max(score_scale[j] * sum(F) + score_offset[j], 0) -> "
+                   "[r / (1 + r), ln(1 + r)]; score_scale = 0.5 / score_ref, score_offset = -(0.5 * latent + "
+                   "score_calm) / score_ref of the symbol. Columns: procs.model.Frame",
+        "symbols": [model.symbols[k] for k in order],
+        "latent": int(model.latent),
+        "bounds": f32(bounds),
+        "centre": f32(model.centre[order]),
+        "inv_scale": f32(model.inv_scale[order]),
+        "one_hot": ONE_HOT,
+        "clip_features": [-LOGVAR_X[1], -LOGVAR_X[0]],
+        "clip_latent": list(LOGVAR_Z),
+        "score_scale": f32(scale),
+        "score_offset": f32(offset),
+    }
+
+
+@functools.cache
+def _gemm() -> Any:
+    """Gemm without C as a torch function that exports to one ONNX node (torch.mm would export MatMul,
+    which is slower here)."""
+    import torch
 
     class Gemm(torch.autograd.Function):
         @staticmethod
@@ -621,64 +638,50 @@ def _onnx_ops() -> tuple[Any, Any]:
         def symbolic(g: Any, a: Any, b: Any) -> Any:
             return g.op("Gemm", a, b)
 
-    return Hardmax.apply, Gemm.apply
+    return Gemm.apply
 
 
 def inference_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The trained model's `forward`, rewritten for ONNX Runtime, whose cost at batch 1 is per node (about
-    0.2 µs each; Split, Slice and Concat 0.4-1.2 µs): the same function in 35 nodes, 31 after its fusions,
-    with no Split, Slice or Gather. u, mu, logvar, u - mean and -logvar come out of the same float32
-    operations in the same order as in a plain graph (a bias is the last term of its Gemm sum); only the
-    score's sum runs in another order (parity-checked, about 5e-7).
+    """The trained model's network for ONNX Runtime: frame -> (P, Q), 16 nodes, 12 after its fusions (the
+    SiLUs become QuickGelu). The symbol lookup, the per-symbol tables and the score run in procs/model.py's
+    compiled kernels around it (constants: the sidecar's `frame`, frame_spec), because ONNX Runtime costs
+    0.15-0.3 µs per node at batch 1 and those were 19 tiny nodes (the 35-node graph ran 10 µs, this 5).
 
-    The tensors share one frame of columns (SlimLayout: lookup, features, KL, mu, one-hot, zero).
-    - Lookup: g0 = z W + b holds mid - bound for the geometric midpoints between the symbols' prices
-      (highest first), a 1, and z. Hardmax(Sign(g0)) is the one-hot of the first positive column: the
-      symbol with the nearest log price, exactly (each sign is that of one rounding of mid - bound).
-    - Per-symbol constants are one-hot Gemms: v = z - centre (C = g0), s = 1 / scale, u = asinh(v * s).
-      s also puts ONE_HOT in the symbol's one-hot column, which asinh keeps: the first encoder and decoder
-      layers add their per-symbol biases through weights, and carry CONST through the hidden layers for
-      the other biases.
-    - e1 = encoder head + u holds u, mu and 1s; P = e1 - decoder mean (one Gemm with C = e1) holds du, 1, mu.
-      Q = decoder -logvar head + e2 holds -logvar_x, logvar_z, 0. Clipped per column, F = P^2 exp(Q) - Q
-      holds every NLL and KL term. F W + s is each symbol's candidate (score - calm) / ref, with s adding
-      MASK to the other symbols'; the row max, with a 0 among them, is r = relu(...) for the row's symbol.
+    The tensors share one frame of columns (SlimLayout: lookup, features, KL, mu, one-hot, zero); the frame
+    carries u and ONE_HOT in the symbol's one-hot column, through which the first encoder and decoder layers
+    add their per-symbol biases as weights, and which carry CONST through the hidden layers for the other
+    biases. e1 = encoder head + u holds u, mu and 1s; P = e1 - decoder mean (one Gemm with C = e1) holds
+    u - mean, 1, mu and the one-hot. Q = decoder -logvar head + e2 holds -logvar_x, logvar_z and 0. The post
+    kernel clips Q per column group and sums F = P^2 exp(Q) - Q: every NLL and KL term. u, mu, the log
+    variances and u - mean come out of the same float32 operations as in the 35-node graph (parity-checked).
     """
     import torch
     from torch import nn
 
     w = slim_weights(model)
-    hardmax, gemm = _onnx_ops()
+    gemm = _gemm()
+    width = w["w_enc1"].shape[0]
 
     def silu(x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x)  # exported as Sigmoid and Mul, which ONNX Runtime fuses into QuickGelu
 
-    class AnomalyVAEInference(nn.Module):
+    class AnomalyVAENetwork(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            self.width = width
             for name, v in w.items():
                 self.register_buffer(name, torch.from_numpy(v))
 
-        def forward(self, z: torch.Tensor) -> torch.Tensor:
-            g0 = torch.addmm(self.b_look, z, self.w_look)
-            hs = hardmax(torch.sign(g0))
-            s = gemm(hs, self.w_scale)
-            u = torch.asinh(torch.addmm(g0, hs, self.w_centre) * s)
+        def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             h = silu(gemm(u, self.w_enc1))
             h = silu(torch.addmm(self.b_enc2, h, self.w_enc2))
             e1 = torch.addmm(u, h, self.w_mu)
             e2 = torch.addmm(self.b_logvar, h, self.w_logvar)
             h = silu(gemm(e1, self.w_dec1))
             h = silu(torch.addmm(self.b_dec2, h, self.w_dec2))
-            p = torch.addmm(e1, h, self.w_mean)
-            q = torch.minimum(torch.maximum(torch.addmm(e2, h, self.w_precision), self.lo), self.hi)
-            f = p * p * torch.exp(q) - q
-            r = torch.amax(torch.addmm(s, f, self.w_score), dim=1, keepdim=True)
-            r1 = r + 1.0
-            # ln(1 + r), not r: r reaches 1e4 on far-out rows, where float32 steps are 1e-3
-            return torch.cat([r / r1, torch.log(r1)], dim=1)
+            return torch.addmm(e1, h, self.w_mean), torch.addmm(e2, h, self.w_precision)
 
-    return AnomalyVAEInference().eval()
+    return AnomalyVAENetwork().eval()
 
 
 def model_from_onnx(path: Path) -> torch.nn.Module:
@@ -725,21 +728,42 @@ def model_from_onnx(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def export_onnx(model: torch.nn.Module, n_in: int, out: Path, opset: int = OPSET) -> None:
-    """ONNX with a dynamic batch axis, via the TorchScript exporter (offline, no onnxscript needed)."""
+#: Names of the exported network's input and outputs (procs/model.py binds them in this order).
+GRAPH_INPUT = "frame"
+GRAPH_OUTPUTS = ["p", "q"]
+
+
+def export_onnx(module: torch.nn.Module, out: Path, opset: int = OPSET) -> None:
+    """The network (inference_module) as ONNX: input `frame` [batch, width], outputs `p`, `q` [batch, width],
+    a dynamic batch axis, via the TorchScript exporter (offline, no onnxscript needed)."""
     import torch
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # the TorchScript exporter has no rule for asinh although ONNX has the op (opset >= 9)
-    torch.onnx.register_custom_op_symbolic("aten::asinh", lambda g, x: g.op("Asinh", x), 9)
-    example = torch.ones(2, n_in)
+    example = torch.ones(2, module.width)
+    axes = {name: {0: "batch"} for name in [GRAPH_INPUT, *GRAPH_OUTPUTS]}
     with warnings.catch_warnings():
         # torch >= 2.9 defaults to the dynamo exporter, which needs onnxscript; the legacy one warns
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(model, (example,), str(out), dynamo=False, input_names=["z"], output_names=["score"],
-                          dynamic_axes={"z": {0: "batch"}, "score": {0: "batch"}}, opset_version=opset,
+        torch.onnx.export(module, (example,), str(out), dynamo=False, input_names=[GRAPH_INPUT],
+                          output_names=GRAPH_OUTPUTS, dynamic_axes=axes, opset_version=opset,
                           do_constant_folding=True)
+
+
+def runtime_frame(spec: dict[str, Any]) -> Any:
+    """procs.model's Frame of `spec` for standardised rows z (mean 0, std 1, the columns in order)."""
+    from procs.model import parse_frame
+
+    n = len(MODEL_FEATURES)
+    return parse_frame("<frame_spec>", spec, n, np.zeros(n), np.ones(n), list(range(n)))
+
+
+def frame_scores(sess: Any, frame: Any, z: np.ndarray, batch: int = 1 << 16) -> np.ndarray:
+    """What procs/model.py scores for standardised rows z: its pre kernel, the network on ONNX Runtime, its
+    post kernel; (n, 2) float32."""
+    out = [frame.post(*sess.run(GRAPH_OUTPUTS, {GRAPH_INPUT: frame.pre(z[i:i + batch])}))
+           for i in range(0, len(z), batch)]
+    return np.concatenate(out) if out else np.zeros((0, len(OUTPUTS)), np.float32)
 
 
 def random_inputs(norm: Normalisation, n: int, seed: int) -> np.ndarray:
@@ -753,8 +777,10 @@ def random_inputs(norm: Normalisation, n: int, seed: int) -> np.ndarray:
     return z.astype(np.float32)
 
 
-def verify_export(model: torch.nn.Module, path: Path, real: np.ndarray, random: np.ndarray) -> dict[str, float]:
-    """onnx.checker, then ONNX Runtime against torch on real and random inputs; max abs difference of each."""
+def verify_export(model: torch.nn.Module, path: Path, spec: dict[str, Any], real: np.ndarray,
+                  random: np.ndarray) -> dict[str, float]:
+    """onnx.checker, then procs/model.py's path (pre kernel, the graph on ONNX Runtime, post kernel, with the
+    sidecar's `frame` = spec) against torch on real and random inputs; max abs difference of each."""
     import onnx
     import onnxruntime as ort
 
@@ -762,9 +788,10 @@ def verify_export(model: torch.nn.Module, path: Path, real: np.ndarray, random: 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    frame = runtime_frame(spec)
     res = {}
     for name, z in (("real", real), ("random", random)):
-        got = sess.run(None, {"z": z.astype(np.float32)})[0]
+        got = frame_scores(sess, frame, z.astype(np.float32).astype(np.float64))
         want = predict(model, z)
         res[name] = float(np.max(np.abs(got.astype(np.float64) - want))) if len(z) else 0.0
     worst = max(res.values())
@@ -887,11 +914,12 @@ def main(argv: list[str] | None = None) -> int:
                                         row_thr).items() if k in ("precision", "recall", "f1")}}
 
     out = Path(args.out)
-    export_onnx(inference_module(model), len(MODEL_FEATURES), out)
+    export_onnx(inference_module(model), out)
+    spec = frame_spec(model)
     test_all = concat(test)
     real = norm.standardise(test_all.x[np.linspace(0, len(test_all) - 1, min(len(test_all), 20_000)).astype(int)])
     anomalous = norm.standardise(test_all.x[test_all.anomaly != 0][:5_000])
-    parity = verify_export(model, out, np.concatenate([real, anomalous]), random_inputs(norm, 20_000, args.seed))
+    parity = verify_export(model, out, spec, np.concatenate([real, anomalous]), random_inputs(norm, 20_000, args.seed))
     t_total = time.perf_counter() - t0
 
     arch = (f"z = (x - mean) / std (procs/model.py) -> k = argmin |log(mid) - log_mid[k]| -> "
@@ -901,9 +929,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(mu, logvar) -> decoder [mu, c] -> Linear({args.latent + len(symbols)},{args.hidden}) -> SiLU -> "
             f"Linear({args.hidden},{args.hidden}) -> SiLU -> Linear({args.hidden},{2 * len(RECONSTRUCTED)}) -> "
             f"(mean, logvar) per feature -> s = Gaussian NLL + KL (nats) -> r = relu(s - score_calm[k]) / score_ref[k] "
-            f"-> [r / (1 + r), ln(1 + r)]; exported as the same function in 35 ONNX nodes, 31 after ONNX Runtime's "
-            f"fusions (see inference_module: price-midpoint lookup as Hardmax(Sign(.)), per-symbol constants as "
-            f"one-hot Gemms, no Split, Slice or Gather; NLL, KL and the calibration in one frame of columns)")
+            f"-> [r / (1 + r), ln(1 + r)]; the ONNX graph is the network only (frame -> P, Q; 16 nodes, 12 after ONNX "
+            f"Runtime's fusions, see inference_module); the lookup, the per-symbol tables and the score run in "
+            f"procs/model.py's compiled pre and post kernels, with the constants in the sidecar's 'frame'")
     cmd = " ".join(["python scripts/train_anomaly.py", *(sys.argv[1:] if argv is None else argv)])
     side = {
         "features": MODEL_FEATURES,
@@ -927,6 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         "onnx_parity_max_abs_diff": {k: float(f"{v:.3g}") for k, v in parity.items()},
         "architecture": arch,
         "normalisation": norm.to_json(),
+        # the pre and post kernels' constants: procs/model.py reads them from here (onnx is optional at runtime)
+        "frame": spec,
         "score": {"score_calm": dict(zip(symbols, score_calm, strict=True)),
                   "score_ref": dict(zip(symbols, score_ref, strict=True)),
                   "definition": "s = sum over features of 0.5 * ((u - m)^2 / var + log var) + KL(N(mu, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,90 @@ def test_bad_sidecar_names_field(tmp_path: Path, edit, field: str, found: str) -
     assert f"'{field}'" in msg and "expected" in msg and "found" in msg and found in msg, msg
 
 
+# -- a frame model: the shipped VAE's lookup and score in compiled kernels around its network -------------
+
+def _frame_edit(fn):
+    return lambda meta: fn(meta["frame"])
+
+
+@pytest.mark.parametrize(("edit", "field", "expected", "found"), [
+    (lambda f: f["centre"].pop(), "frame.centre", "4 x 13 finite numbers", "shape 3 x 13"),
+    (lambda f: f["inv_scale"][2].pop(), "frame.inv_scale", "4 x 13 finite numbers", "rows of [13, 13, 12, 13] items"),
+    (lambda f: f["inv_scale"].__setitem__(1, [1.0] * 14), "frame.inv_scale", "4 x 13", "rows of [13, 14, 13, 13]"),
+    (lambda f: f["bounds"].append(1.0), "frame.bounds", "3 finite numbers", "shape 4"),
+    (lambda f: f["score_scale"].pop(), "frame.score_scale", "4 finite numbers", "shape 3"),
+    (lambda f: f.__setitem__("score_offset", 1.0), "frame.score_offset", "4 finite numbers", "shape scalar"),
+    (lambda f: f["symbols"].pop(), "frame.bounds", "2 finite numbers", "shape 3"),  # K from the symbols
+    (lambda f: f["centre"][0].__setitem__(0, float("nan")), "frame.centre", "4 x 13 finite numbers", "nan"),
+    (lambda f: f.pop("one_hot"), "frame.one_hot", "a finite number (> 0)", "missing"),
+    (lambda f: f.__setitem__("clip_latent", [8.0, -8.0]), "frame.clip_latent", "[lo, hi], lo < hi", "[8.0, -8.0]"),
+    (lambda f: f.__setitem__("bounds", f["bounds"][::-1]), "frame.bounds", "K - 1 prices, strictly decreasing", "["),
+    (lambda f: f.__setitem__("latent", 0), "frame.latent", "int >= 1", "0"),
+    (lambda f: f.__setitem__("kind", "vae"), "frame.kind", "'cvae-frame-v1'", "'vae'"),
+])
+def test_frame_with_wrong_constants_is_refused_naming_the_field(tmp_path: Path, edit, field: str, expected: str,
+                                                                found: str) -> None:
+    """A sidecar whose pre/post constants have the wrong shape (or values) is refused: the message names the
+    field, what was expected and what was found."""
+    path = _copy_model(tmp_path, _frame_edit(edit))
+    with pytest.raises(ValueError) as ei:
+        Model.load(path)
+    msg = str(ei.value)
+    assert f"'{field}'" in msg and f"expected {expected}" in msg and "found" in msg and found in msg, msg
+
+
+def test_frame_must_match_the_graph_and_the_kind(tmp_path: Path) -> None:
+    # the frame's width (from its symbols, features and latent) is the graph's input width
+    path = _copy_model(tmp_path, _frame_edit(lambda f: f.__setitem__("latent", 3)))
+    with pytest.raises(ValueError, match=r"graph inputs: expected one float32 tensor \[batch, 28\]"):
+        Model.load(path)
+    # without its frame, the network's 30-column input is not the 14 standardised features
+    with pytest.raises(ValueError, match=r"'features': expected 30 names \(the graph's input width\), found '14"):
+        Model.load(_copy_model(tmp_path, lambda m: m.pop("frame")))
+    with pytest.raises(ValueError, match=r"'frame': expected absent \(a direction model"):
+        Model.load(_copy_model(tmp_path, lambda m: (m.pop("history"), m.__setitem__("kind", "direction"))),
+                   kind="direction")
+
+
+def test_frame_model_scores_and_its_id_covers_the_frame(tmp_path: Path, model: Model, rows: np.ndarray) -> None:
+    assert model.frame is not None and model.graph_width == model.frame.width == 30
+    assert len(model.graph_outputs) == 2 and model.n_outputs == 2
+    # the public pieces give what score gives: pre kernel, the graph, post kernel
+    x32 = model.graph_input(rows)
+    got = model.from_graph(model.session.run(model.graph_outputs, {model._in: x32}))
+    np.testing.assert_array_equal(got, model.score(rows))
+    raw = zlib.crc32(SHIPPED.read_bytes())
+    assert model.model_id == zlib.crc32(model.frame.digest, raw) & 0xFFFFFFFF != raw
+    other = Model.load(_copy_model(tmp_path, _frame_edit(lambda f: f["score_offset"].__setitem__(
+        slice(None), [v - 1.0 for v in f["score_offset"]]))))
+    assert other.model_id != model.model_id
+    assert (other.score(rows)[:, 0] <= model.score(rows)[:, 0]).all()
+
+
+def test_frame_model_gives_nan_for_nan_and_stays_finite_far_out(model: Model, rows: np.ndarray) -> None:
+    x = np.repeat(rows[:1], 5, axis=0)
+    x[0, FEATURE_NAMES.index("spread_bps")] = np.nan
+    x[1, 0] = np.nan  # no price, no symbol
+    x[2, 0] = np.inf
+    x[3, FEATURE_NAMES.index("ret_1s_bps")] = 1e30
+    x[4, 0] = 0.0  # an empty book: the lowest-priced symbol, as the lookup always did
+    s = model.score(x)
+    assert np.isnan(s[:3]).all() and np.isfinite(s[3:]).all()
+    assert s[3, 0] > 0.99 and s[3, 1] > 5
+
+
+def test_a_sidecar_without_frame_scores_as_before(legacy: Model, rows: np.ndarray) -> None:
+    """No `frame`: the graph takes the standardised features and its first output is the score, as always."""
+    assert legacy.frame is None and legacy.graph_width == len(legacy.features)
+    assert legacy.graph_outputs == [legacy.session.get_outputs()[0].name]
+    assert legacy.model_id == zlib.crc32(LEGACY.read_bytes())
+    x32 = ((rows[:, legacy.feature_index] - legacy.mean) / legacy.std).astype(np.float32)
+    np.testing.assert_allclose(legacy.graph_input(rows), x32, rtol=1e-6, atol=1e-7)
+    want = legacy.session.run([legacy._out], {legacy._in: legacy.graph_input(rows)})[0]
+    np.testing.assert_array_equal(legacy.score(rows), want)
+    np.testing.assert_array_equal(legacy.from_graph([want]), want)
+
+
 # -- kind and the book's feature layout ----------------------------------------------------------------
 
 def test_old_sidecar_loads_as_anomaly_model(legacy: Model) -> None:
@@ -294,12 +379,12 @@ def test_kind_is_checked_against_the_slot(tmp_path: Path) -> None:
                                          r"model\), found 'anomaly'"):
         Model.load(path, kind="direction")
     # a direction sidecar needs no threshold (P(up) > 0.5 reads as up) and may not call its score an error
-    # (the anomaly sidecar's alert history goes too: a direction sidecar may not have one)
+    # (the MLP's graph: the shipped VAE's sidecar has a frame, which a direction model may not have)
     path = _copy_model(tmp_path, lambda m: (m.pop("threshold"), m.pop("history", None),
-                                            m.__setitem__("kind", "direction")))
+                                            m.__setitem__("kind", "direction")), src=LEGACY)
     d = Model.load(path, kind="direction")
     assert d.kind == "direction" and d.threshold == 0.5 and d.score_kind == "probability"
-    path = _copy_model(tmp_path, lambda m: m.update(kind="direction", score_kind="error"))
+    path = _copy_model(tmp_path, lambda m: m.update(kind="direction", score_kind="error"), src=LEGACY)
     with pytest.raises(ValueError, match="'score_kind'"):
         Model.load(path)
     # an anomaly sidecar still needs its threshold

@@ -2,10 +2,11 @@
 
 A tiny training run (2 symbols, 60 simulated seconds per seed, 1 epoch; a few seconds) exports, passes
 onnx.checker and the parity check, loads with procs.model.Model and scores; a second tiny run gives the
-same bytes. The shipped model's sidecar is checked for completeness, and its graph against a numpy
-re-implementation that reads the lookup, normalisation and calibration from the sidecar (so the sidecar
-documents the graph) and the weights read back from the graph, which rebuild its constants exactly;
-ONNX Runtime against torch, at the lookup's boundaries too.
+same bytes. The shipped model's sidecar is checked for completeness, and its graph (the network) with
+procs/model.py's pre and post kernels against a numpy re-implementation that reads the lookup,
+normalisation and calibration from the sidecar (so the sidecar documents the model) and the weights read
+back from the graph, which rebuild its constants and the sidecar's `frame` exactly; the kernels and the
+whole path against torch, at the lookup's boundaries too.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def test_tiny_run_exports_a_checked_graph_that_loads_and_scores(tiny: Path) -> N
     onnx.checker.check_model(mo, full_check=True)
     assert [o.version for o in mo.opset_import if o.domain in ("", "ai.onnx")] == [ta.OPSET]
     dims = mo.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and dims[1].dim_value == len(ta.MODEL_FEATURES)  # dynamic batch axis
     meta = json.loads(tiny.with_suffix(".json").read_text())
+    lay = ta.SlimLayout(2, len(ta.RECONSTRUCTED), meta["trained_on"]["latent"], meta["trained_on"]["hidden"])
+    assert dims[0].dim_param and dims[1].dim_value == lay.width  # dynamic batch axis; the frame
+    assert [o.name for o in mo.graph.output] == ta.GRAPH_OUTPUTS
     assert max(meta["onnx_parity_max_abs_diff"].values()) <= 1e-5
     m = Model.load(tiny, kind="anomaly")
+    assert m.frame is not None and m.graph_width == lay.width
     assert m.outputs == ta.OUTPUTS and m.features == ta.MODEL_FEATURES and 0 < m.threshold < 1
     from procs.datasets import from_simulator
 
@@ -209,31 +213,34 @@ def _rows(meta: dict, n: int, seed: int, spread: tuple[float, ...] = (1, 3, 10))
 
 
 def test_shipped_graph_matches_a_numpy_forward_from_the_sidecar(shipped: tuple[Model, dict]) -> None:
-    """The graph is what the sidecar says: lookup, per-symbol asinh, encoder, decoder, negative ELBO, r. The
+    """The model (graph + procs/model.py kernels) is what the sidecar says: lookup, asinh, VAE, ELBO, r. The
     lookup, normalisation and calibration come from the sidecar; the weights from the graph (read back by
-    scripts/train_anomaly.py model_from_onnx), whose per-symbol tables must hold the sidecar's centre and scale."""
-    from onnx import numpy_helper
-
+    scripts/train_anomaly.py model_from_onnx); the sidecar's `frame` (the pre and post kernels' tables) must
+    hold the sidecar's centre, scale and calibration."""
     m, meta = shipped
     g = onnx.load(str(SHIPPED)).graph
     ops = [n.op_type for n in g.node if n.op_type != "Constant"]
-    assert len(ops) <= 35 and not {"Split", "Slice", "Gather"} & set(ops)  # the slim export
+    assert len(ops) == 16 and set(ops) == {"Gemm", "Sigmoid", "Mul"}  # the network only
     model = ta.model_from_onnx(SHIPPED)
     params = {k: v.double().numpy() for k, v in model.state_dict().items()}
     x = _rows(meta, 256, 3)
     np.testing.assert_allclose(m.score(x), _numpy_forward(params, meta, x), rtol=1e-5, atol=1e-5)
 
-    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    norm = meta["normalisation"]
-    lay = ta.SlimLayout(len(norm["symbols"]), len(ta.RECONSTRUCTED), meta["trained_on"]["latent"],
-                        meta["trained_on"]["hidden"])
+    # the pre and post kernels' tables are the sidecar's normalisation and calibration, in lookup order
+    norm, fr = meta["normalisation"], meta["frame"]
     order = np.argsort(norm["log_mid"])[::-1]  # one-hot column -> symbol, highest price first
-    np.testing.assert_allclose(-init["w_centre"][:lay.k, lay.feat], np.asarray(norm["centre"])[order], rtol=1e-6)
-    np.testing.assert_allclose(init["w_scale"][:lay.k, lay.feat], 1 / np.asarray(norm["scale"])[order], rtol=1e-6)
+    assert fr["symbols"] == [norm["symbols"][k] for k in order]
+    np.testing.assert_allclose(fr["centre"], np.asarray(norm["centre"])[order], rtol=1e-6)
+    np.testing.assert_allclose(fr["inv_scale"], 1 / np.asarray(norm["scale"])[order], rtol=1e-6)
+    ref = np.array([meta["score"]["score_ref"][s] for s in fr["symbols"]])
+    calm = np.array([meta["score"]["score_calm"][s] for s in fr["symbols"]])
+    np.testing.assert_allclose(fr["score_scale"], 0.5 / ref, rtol=1e-6)
+    np.testing.assert_allclose(fr["score_offset"], -(0.5 * fr["latent"] + calm) / ref, rtol=1e-6)
 
 
-def test_shipped_graph_is_what_the_export_writes_from_its_weights() -> None:
-    """Read back and rebuilt (no retraining), the shipped graph has the same nodes and the same constants."""
+def test_shipped_graph_is_what_the_export_writes_from_its_weights(shipped: tuple[Model, dict]) -> None:
+    """Read back and rebuilt (no retraining), the shipped graph has the same constants, and the sidecar's
+    `frame` is what frame_spec writes (json round trip included)."""
     from onnx import numpy_helper
 
     model = ta.model_from_onnx(SHIPPED)
@@ -243,35 +250,88 @@ def test_shipped_graph_is_what_the_export_writes_from_its_weights() -> None:
     assert set(w) == set(init)
     for name, v in w.items():
         np.testing.assert_array_equal(v, init[name], err_msg=name)
+    assert json.loads(json.dumps(ta.frame_spec(model))) == shipped[1]["frame"]
+
+
+def _norm(meta: dict) -> object:
+    nj = meta["normalisation"]
+    return ta.Normalisation(np.asarray(meta["mean"]), np.asarray(meta["std"]), nj["symbols"],
+                            np.asarray(nj["log_mid"]), np.asarray(nj["centre"]), np.asarray(nj["scale"]))
+
+
+@pytest.fixture(scope="module")
+def real_rows() -> np.ndarray:
+    """Raw feature rows from the simulator (a test seed of the shipped model, 60 s, its four symbols)."""
+    from procs.datasets import from_simulator
+
+    ds = from_simulator(11, 60, ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"], anomalies_per_min=6.0)
+    return ds.x[np.linspace(0, len(ds) - 1, 4000).astype(int)]
+
+
+def test_pre_and_post_kernels_match_the_torch_module(shipped: tuple[Model, dict], real_rows: np.ndarray) -> None:
+    """procs/model.py's pre kernel against the torch model's `prepare` (the symbol, u and the one-hot), its
+    post kernel on the torch network's P and Q against the torch model's forward (to 1e-5), on real and
+    random rows."""
+    import torch
+
+    m, meta = shipped
+    model = ta.model_from_onnx(SHIPPED)
+    net = ta.inference_module(model)
+    norm = _norm(meta)
+    lay = ta.SlimLayout(len(norm.symbols), len(ta.RECONSTRUCTED), model.latent, meta["trained_on"]["hidden"])
+    order = np.argsort(norm.log_mid)[::-1]  # one-hot column -> symbol
+    rnd = ta.random_inputs(norm, 4000, 7).astype(np.float64)
+    x_rnd = np.zeros((len(rnd), len(FEATURE_NAMES)))
+    for j, name in enumerate(meta["features"]):
+        x_rnd[:, FEATURE_NAMES.index(name)] = rnd[:, j] * meta["std"][j] + meta["mean"][j]
+    for what, x in (("real", real_rows), ("random", x_rnd)):
+        frame = m.graph_input(x)
+        z = torch.from_numpy(norm.standardise(x))
+        with torch.no_grad():
+            u, onehot, k = model.prepare(z)
+            p, q = net(torch.from_numpy(frame))
+            want = model(z).numpy()
+        col = frame[:, lay.onehot].argmax(axis=1)
+        np.testing.assert_array_equal(order[col], k.numpy(), err_msg=what)  # the same symbol
+        np.testing.assert_array_equal(frame[:, lay.onehot], onehot.numpy()[:, order] * ta.ONE_HOT, err_msg=what)
+        np.testing.assert_allclose(frame[:, lay.feat], u.numpy(), rtol=1e-6, atol=1e-6, err_msg=what)
+        assert not frame[:, np.r_[lay.look, lay.kl, lay.mu, lay.zero]].any()
+        got = m.from_graph([p.numpy(), q.numpy()])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=what)
+        np.testing.assert_allclose(m.score(x), want, rtol=0, atol=1e-5, err_msg=what)  # with ONNX Runtime
 
 
 def test_exported_graph_matches_torch_and_the_lookup_rule(tmp_path: Path, shipped: tuple[Model, dict]) -> None:
-    """ONNX Runtime against the trained model's torch forward, to 1e-5, on calm and far-out rows. At the
-    lookup's boundaries (mids at, just below and just above each midpoint between two symbols' prices, and an
-    empty book) the row scores as the symbol whose price it exceeds the midpoint below (the lowest for an
-    empty book), bit for bit. Batch 1 and a whole batch agree to 1e-6."""
+    """procs/model.py's path (pre kernel, the exported network on ONNX Runtime, post kernel) against the
+    trained model's torch forward, to 1e-5, on calm and far-out rows. At the lookup's boundaries (mids at,
+    just below and just above each midpoint between two symbols' prices, and an empty book) the row scores
+    as the symbol whose price it exceeds the midpoint below (the lowest for an empty book), bit for bit.
+    Batch 1 and a whole batch agree to 1e-6."""
     import onnxruntime as ort
     import torch
 
     _, meta = shipped
     model = ta.model_from_onnx(SHIPPED)
     out = tmp_path / "a.onnx"
-    ta.export_onnx(ta.inference_module(model), len(ta.MODEL_FEATURES), out)
+    ta.export_onnx(ta.inference_module(model), out)
     nj = meta["normalisation"]
-    norm = ta.Normalisation(np.asarray(meta["mean"]), np.asarray(meta["std"]), nj["symbols"],
-                            np.asarray(nj["log_mid"]), np.asarray(nj["centre"]), np.asarray(nj["scale"]))
+    norm = _norm(meta)
     z = np.concatenate([norm.standardise(_rows(meta, 500, 5, (1, 3, 10, 100))), ta.random_inputs(norm, 500, 6)])
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"z": z})[0]
+    frame = ta.runtime_frame(meta["frame"])
+
+    def score(zz: np.ndarray) -> np.ndarray:
+        return ta.frame_scores(sess, frame, zz.astype(np.float64))
+
+    got = score(z)
     with torch.no_grad():
         want = model(torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    one = np.concatenate([sess.run(None, {"z": z[i:i + 1]})[0] for i in range(len(z))])
-    np.testing.assert_allclose(one, got, rtol=0, atol=1e-6)  # Log's kernel rounds a lone value differently
+    one = np.concatenate([score(z[i:i + 1]) for i in range(len(z))])
+    np.testing.assert_allclose(one, got, rtol=0, atol=1e-6)
 
     lm = np.sort(np.asarray(nj["log_mid"]))
-    b_look = onnx.numpy_helper.to_array(next(t for t in onnx.load(str(out)).graph.initializer if t.name == "b_look"))
-    bounds = -b_look[:len(lm) - 1][::-1]  # the graph's float32 midpoints, ascending
+    bounds = np.asarray(meta["frame"]["bounds"], np.float32)[::-1]  # the float32 midpoints, ascending
     np.testing.assert_allclose(bounds, np.exp((lm[1:] + lm[:-1]) / 2), rtol=1e-6)
     mids = np.r_[np.float32(0), *[[np.nextafter(b, np.float32(0)), b, np.nextafter(b, np.float32(np.inf))]
                                   for b in bounds]].astype(np.float32)
@@ -279,7 +339,7 @@ def test_exported_graph_matches_torch_and_the_lookup_rule(tmp_path: Path, shippe
     edge[:, 0] = mids
     own = edge.copy()
     own[:, 0] = np.exp(lm[(mids[:, None] > bounds[None, :]).sum(axis=1)])  # the symbol's own price
-    np.testing.assert_array_equal(sess.run(None, {"z": edge})[0], sess.run(None, {"z": own})[0])
+    np.testing.assert_array_equal(score(edge), score(own))
 
 
 def test_shipped_history_is_the_one_chosen_on_validation(shipped: tuple[Model, dict]) -> None:
