@@ -426,6 +426,40 @@ def export(net: Any, n_in: int, out: Path) -> None:
                           opset_version=OPSET, do_constant_folding=True)
 
 
+def inference_module(net: Any) -> Any:
+    """The trained net as ONNX Runtime should run it. At batch 1 it charges ~1.8 µs per run plus ~0.25 µs per
+    node, and the traced logistic regression is 12 nodes (two MatMuls and Gathers for the symmetric logit,
+    Unsqueeze, Sub and Concat for [p, 1 - p]). The same function in 3: [Asinh ->] Gemm -> Sigmoid, since the
+    symmetric logit w·u − w·(flip ⊙ u) is the linear map w ⊙ (1 − flip), and P(down) = sigmoid(−logit)
+    (1 − P(up) up to float32 rounding). An MLP is exported as it is."""
+    import torch
+    from torch import nn
+
+    if len(net.body) != 1:
+        return net
+    lin = net.body[0]
+    with torch.no_grad():
+        w = lin.weight[0].clone()
+        if net.symmetric:
+            w = w * (1.0 - net.flip)  # a bias cancels in the difference (the layer has none)
+        b = lin.bias[0].clone() if lin.bias is not None else torch.zeros(())
+    w2 = torch.stack([w, -w], dim=1)  # (n_in, 2): logit and −logit
+    b2 = torch.stack([b, -b])
+    asinh = net.transform == "asinh"
+
+    class DirectionInference(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("w", w2.float())
+            self.register_buffer("b", b2.float())
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            u = torch.asinh(z) if asinh else z
+            return torch.sigmoid(torch.addmm(self.b, u, self.w))
+
+    return DirectionInference().eval()
+
+
 def verify_export(net: Any, path: Path, z_real: np.ndarray, *, seed: int) -> dict[str, float]:
     """onnx.checker, then ONNX Runtime vs torch on random and on real (standardised) rows; max |diff| each."""
     import onnx
@@ -916,8 +950,8 @@ def main(argv: list[str] | None = None) -> int:
     others = [other_capture(c, best, args) for c in also]
 
     out = Path(args.out)
-    export(net, len(cols), out)
-    parity = verify_export(net, out, z_test, seed=args.seed)
+    export(inference_module(net), len(cols), out)
+    parity = verify_export(net, out, z_test, seed=args.seed)  # against the trained net itself
     label = ("the next change of the mid (however far ahead)" if args.horizon_ms == 0 else
              f"the mid {args.horizon_ms} ms ahead (first update at or after E + {args.horizon_ms} ms) vs now")
     side: dict[str, Any] = {
@@ -987,8 +1021,10 @@ def _architecture(cfg: Config, n_in: int) -> str:
     layers.append(f"Linear({k},1) -> sigmoid = p_up")
     pre = "asinh -> " if cfg.transform == "asinh" else ""
     name = "logistic regression" if not ARCHS[cfg.arch] else "MLP"
+    graph = ("; exported as " + ("Asinh -> " if pre else "") + "Gemm [logit, -logit] -> Sigmoid = [p_up, p_down]"
+             if not ARCHS[cfg.arch] else "")
     return (f"{name}: graph input z = (x - mean) / std (applied by procs/model.py) -> {pre}{' -> '.join(layers)}; "
-            f"outputs [p_up, 1 - p_up]")
+            f"outputs [p_up, 1 - p_up]{graph}")
 
 
 if __name__ == "__main__":
