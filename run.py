@@ -100,10 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--direction-model", metavar="ONNX",
                      help="direction model with a sidecar JSON, scored beside the anomaly model (default "
                           "models/direction.onnx, skipped with a warning while it does not exist; \"\" for none)")
-    run.add_argument("--lockstep", action="store_true", default=None,
+    run.add_argument("--lockstep", action="store_const", const="on", default=None,
                      help="score every book update and hold the strategy on each until its score is in: a replay "
-                          "or seeded simulator run then decides identically every time (for backtests; live, the "
-                          "default conflated scoring never makes the strategy wait)")
+                          "or seeded simulator run then decides identically every time. The default (auto) does "
+                          "this at --speed 0, a backtest; paced or live, conflated scoring never makes the "
+                          "strategy wait")
+    run.add_argument("--no-lockstep", dest="lockstep", action="store_const", const="off",
+                     help="conflated scoring even at --speed 0 (the scores a decision sees then depend on timing)")
     run.add_argument("--out", metavar="DIR", help="folder for run reports (default runs/)")
     run.add_argument("--realtime", action="store_true", default=None,
                      help="mlockall, and SCHED_FIFO for pinned stages that park (warns when not permitted or "

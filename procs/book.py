@@ -123,7 +123,7 @@ class BookAgent(StepAgent):
         self.books = SpscRing.attach(ctx.run, "book", BOOK)
         self.prod = self.books.producer()  # registers this process as the writer; the step writes in C
         self.board = Board.attach(ctx.run, "features", FEATURES)
-        self.queue = SpscRing.attach(ctx.run, FEATURES_QUEUE, FEATURES) if ctx.config.inference.lockstep else None
+        self.queue = SpscRing.attach(ctx.run, FEATURES_QUEUE, FEATURES) if ctx.config.lockstep_on() else None
         if self.queue is not None:
             self.qprod = self.queue.producer()
         self.state = BookState(len(ctx.symbols))

@@ -128,9 +128,10 @@ class InferenceConfig:
     direction_model: str = DEFAULT_DIRECTION_MODEL
     intra_op_threads: int = 1
     min_interval_us: float = 1000.0  #: one scoring pass at most this often (scores are conflated; 0: on every update)
-    #: score every book update and hold the strategy on each update until its own score is in (queues, not
-    #: boards): a replay's orders and fills are then the same in every run; off: conflated, never waits
-    lockstep: bool = False
+    #: on: score every book update and hold the strategy on each until its own score is in (queues, not
+    #: boards), so a replay decides the same in every run; off: conflated, never waits; auto: on for a
+    #: replay or the simulator at speed 0 (a backtest), off otherwise
+    lockstep: str = "auto"
 
 
 @dataclass
@@ -161,6 +162,12 @@ class Config:
         cfg = cls()
         cfg.update(data, origin=origin)
         return cfg
+
+    def lockstep_on(self) -> bool:
+        """inference.lockstep resolved: auto is on for a replay or the simulator at speed 0, where nothing
+        waits on the clock and the conflated scores would be a timing accident (a backtest)."""
+        v = self.inference.lockstep
+        return v == "on" or (v == "auto" and self.source.kind != "live" and self.source.speed == 0)
 
     def update(self, data: dict[str, Any], *, origin: str = "config") -> None:
         for section, values in data.items():
@@ -210,6 +217,8 @@ class Config:
              self.inference.intra_op_threads)
         need(self.inference.min_interval_us >= 0, "inference.min_interval_us", ">= 0",
              self.inference.min_interval_us)
+        need(self.inference.lockstep in ("auto", "on", "off"), "inference.lockstep", "auto, on or off",
+             self.inference.lockstep)
         lv = self.live
         need(lv.market in ("spot", "usdm"), "live.market", "spot or usdm", lv.market)
         need(len(lv.symbols) >= 1, "live.symbols", "at least one symbol", lv.symbols)

@@ -262,7 +262,7 @@ class InferenceAgent(Agent):
         self.scores = Board.attach(ctx.run, "scores", SCORE)
         self.n = n
         self.seen = np.zeros(max(n, 1), np.int64)  # per symbol: the board's update count at the last read
-        self.lockstep = bool(cfg.lockstep)
+        self.lockstep = ctx.config.lockstep_on()
         cap = max(n, QUEUE_BATCH) if self.lockstep else n  # lockstep scores batches of queued records
         self.rows = np.zeros(cap, FEATURES.dtype)
         self.values = self.rows["values"]

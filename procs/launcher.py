@@ -275,7 +275,7 @@ class Launcher:
             rings = [market, book, orders, features, scores, fills]
             for r in (market, book):
                 r.enable_park()
-            if cfg.inference.lockstep:  # every FEATURES and every SCORE queued, none conflated away
+            if cfg.lockstep_on():  # every FEATURES and every SCORE queued, none conflated away
                 for name, layout in ((FEATURES_QUEUE, FEATURES), (SCORES_QUEUE, SCORE)):
                     q = SpscRing.create(self.run, name, layout, cfg.rings.book)
                     q.enable_park()
@@ -302,7 +302,8 @@ class Launcher:
             # only processes that may spin count: background agents (inference) sleep between passes
             n_proc = sum(any(agent_class(a).SPINS for a in g.agents) for g in self.groups)
             self.say(f"tickpipe: run {self.run} → {self.run_dir}")
-            self.say(f"tickpipe: source={self._source_text()} symbols={','.join(self.symbols)} "
+            self.say(f"tickpipe: source={self._source_text()} lockstep={'on' if cfg.lockstep_on() else 'off'} "
+                     f"symbols={','.join(self.symbols)} "
                      f"placement=\"{pl.format_placement(self.groups)}\" wait={cfg.run.wait}")
             for g in self.groups:
                 spec = HostSpec(run=self.run, run_dir=str(self.run_dir), agents=list(g.agents),
@@ -561,6 +562,7 @@ class Launcher:
                  "orders_per_s": sink.count / max(seconds, 1e-9)}
         meta = {"run": self.run, "exit_code": code, "stop_reason": reason, "source": self._source_text(),
                 "symbols": self.symbols, "placement": pl.format_placement(self.groups), "wait": self.config.run.wait,
+                "lockstep": self.config.lockstep_on(),
                 "config": self.config.to_dict(), "host": _host_info(),
                 "orders_file": {"path": "orders.csv", "records": sink.count},
                 "fills_file": {"path": "fills.csv", "records": sink.fills_count},

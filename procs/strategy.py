@@ -225,7 +225,7 @@ class StrategyAgent(StepAgent):
         self.fills = SpscRing.attach(ctx.run, "fills", FILL)
         self.fprod = self.fills.producer()
         self.scores = Board.attach(ctx.run, "scores", SCORE)
-        self.queue = SpscRing.attach(ctx.run, SCORES_QUEUE, SCORE) if cfg.inference.lockstep else None
+        self.queue = SpscRing.attach(ctx.run, SCORES_QUEUE, SCORE) if cfg.lockstep_on() else None
         if self.queue is not None:
             self.qcons = self.queue.consumer(0, parks=True)
         pp = paper.params_from(cfg.paper.latency_ms, cfg.paper.maker_fee_bps, cfg.paper.taker_fee_bps)

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     feed_mod.BATCH_MESSAGES = args.batch
     src = {"kind": "replay", "path": args.replay, "speed": 0.0} if args.replay else {"kind": "sim", "speed": 0.0}
-    cfg = Config.from_dict({"source": src, "inference": {"model": args.model, "min_interval_us": 0},
+    # conflated scoring (what a paced or live run does): lockstep would need the queues and a strategy that waits
+    cfg = Config.from_dict({"source": src, "inference": {"model": args.model, "min_interval_us": 0, "lockstep": "off"},
                             "run": {"max_messages": args.messages}})
     syms = scan_symbols(args.replay) if args.replay else list(cfg.sim.symbols)
     run = new_run_id()

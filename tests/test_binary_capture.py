@@ -371,7 +371,9 @@ def test_feed_book_strategy_over_a_small_ring_lose_nothing(run_id: str, sim_capt
     results = {}
     for path in (dst, src):
         rid = f"{run_id}{'b' if path == dst else 'j'}"
-        cfg = Config.from_dict({"source": {"kind": "replay", "path": str(path), "speed": 0.0}})
+        # the stages on boards, as paced: lockstep (speed 0's default) would need the queues too
+        cfg = Config.from_dict({"source": {"kind": "replay", "path": str(path), "speed": 0.0},
+                                "inference": {"lockstep": "off"}})
         state = RunState.create(rid, 3)
         rings = [SpscRing.create(rid, "market", MARKET, cap), SpscRing.create(rid, "book", BOOK, 1 << 12),
                  SpscRing.create(rid, "orders", ORDER, 1 << 12), Board.create(rid, "features", FEATURES, len(syms)),

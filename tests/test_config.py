@@ -70,3 +70,19 @@ def test_live_settings_are_checked() -> None:
         with pytest.raises(ConfigError, match=f"field={field} "):
             Config().update({"live": bad})
     Config().update({"source": {"kind": "live"}, "live": {"market": "usdm", "streams": ["depth@0ms", "aggTrade"]}})
+
+
+@pytest.mark.parametrize(("kind", "speed", "setting", "on"), [
+    ("sim", 1.0, "auto", False), ("sim", 0.0, "auto", True), ("sim", 10.0, "on", True), ("sim", 0.0, "off", False),
+    ("live", 0.0, "auto", False), ("live", 1.0, "on", True),
+])
+def test_lockstep_auto_is_on_only_for_a_backtest(kind: str, speed: float, setting: str, on: bool) -> None:
+    cfg = Config.from_dict({"source": {"kind": kind, "speed": speed}, "inference": {"lockstep": setting}})
+    assert cfg.lockstep_on() is on
+
+
+def test_lockstep_takes_auto_on_or_off() -> None:
+    with pytest.raises(ConfigError, match=r"field=inference.lockstep expected=auto, on or off found='yes'"):
+        Config.from_dict({"inference": {"lockstep": "yes"}})
+    with pytest.raises(ConfigError, match=r"inference.lockstep expected=str found=True"):
+        Config.from_dict({"inference": {"lockstep": True}})

@@ -67,6 +67,7 @@ def test_simulator_run_exits_0_with_a_report_that_adds_up(tmp_path: Path) -> Non
     c = s["counters"]
     assert c["book"]["gaps"] == 0
     assert c["inference"]["scored"] > 0
+    assert s["meta"]["lockstep"] is False  # paced: conflated scoring, the strategy never waits
     assert c["strategy"]["new"] > 0 and c["orders_sink"]["reports_ack"] > 0
     assert "tick_to_decision" in r.stdout and "p99.9" in r.stdout
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
@@ -95,6 +96,9 @@ def test_replay_speed_0_plays_the_whole_capture(tmp_path: Path, data_dir: Path) 
     assert c["feed"]["messages_out"] == 29042  # every line of the capture
     assert c["book"]["gaps"] == 0 and c["book"]["snapshots"] == 1
     assert s["meta"]["stop_reason"] == "end of the source"
+    # a backtest: lockstep by default at speed 0, every update scored
+    assert s["meta"]["lockstep"] is True and "lockstep=on" in r.stdout
+    assert c["inference"]["scored"] == c["book"]["books_out"] and c["strategy"]["score_mismatch"] == 0
     no_segments_left(tmp_path)
 
 

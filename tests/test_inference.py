@@ -190,7 +190,7 @@ def test_lockstep_scores_every_queued_vector_in_order(run_id: str, tmp_path: Pat
     qf = SpscRing.create(run_id, FEATURES_QUEUE, FEATURES, 8)
     qs = SpscRing.create(run_id, SCORES_QUEUE, SCORE, 8)
     st = Stage(run_id, tmp_path, model=str(models["anomaly"]), direction_model=str(models["direction"]),
-               lockstep=True)
+               lockstep="on")
     try:
         fprod, scons = qf.producer(), qs.consumer(0)
         rng = np.random.default_rng(3)

@@ -27,7 +27,8 @@ SPOT = "spot_4sym_20211012.lines.gz"
 def test_book_and_strategy_steps_match_the_direct_kernel(run_id: str, data_dir: Path, tmp_path: Path) -> None:
     path = str(data_dir / SPOT)
     syms = scan_symbols(path)
-    cfg = Config.from_dict({"source": {"kind": "replay", "path": path, "speed": 0.0}})
+    # the stages on boards, as paced: lockstep (speed 0's default) would need the queues too
+    cfg = Config.from_dict({"source": {"kind": "replay", "path": path, "speed": 0.0}, "inference": {"lockstep": "off"}})
     state = RunState.create(run_id, 3)
     rings = [SpscRing.create(run_id, "market", MARKET, 1 << 12), SpscRing.create(run_id, "book", BOOK, 1 << 10),
              SpscRing.create(run_id, "orders", ORDER, 1 << 12), Board.create(run_id, "features", FEATURES, len(syms)),
