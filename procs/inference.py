@@ -183,11 +183,13 @@ def build_pass(ix: dict[str, int], n_sym: int) -> tuple[Callable, Callable]:
     i_f, i_s, i_seen, i_rows, i_syms, i_out = ix["f_addr"], ix["s_addr"], ix["seen"], ix["rows"], ix["syms"], ix["out"]
     i_m, i_a, i_d, i_ka, i_kd, i_skip = ix["m"], ix["a"], ix["d"], ix["ka"], ix["kd"], ix["skipped"]
     i_fp, i_mid, i_hop, i_e2e, i_ctr, i_ew = ix["fparams"], ix["model_id"], ix["hop"], ix["e2e"], ix["ctr"], ix["ew"]
+    i_t0, i_pass = ix["t0"], ix["pass"]
     feat_size = FEATURES.size
     score_dt = SCORE.dtype
 
     @cfunc(STEP_SIG)
     def gather(d):  # type: ignore[no-untyped-def]
+        d[i_t0] = tp.now_ns()  # the pass starts: inference.pass runs from here to the last SCORE published
         f_addr = d[i_f]
         seen = V1_I8(d, i_seen)
         syms = V1_I8(d, i_syms)
@@ -225,6 +227,7 @@ def build_pass(ix: dict[str, int], n_sym: int) -> tuple[Callable, Callable]:
             dst = carray(address_as_pointer(tp.board_begin(s_addr, syms[j])), (1,), score_dt)
             dst[0] = out[j]
             tp.board_commit(s_addr, syms[j])
+        hdr.record(V1_I8(d, i_pass), tp.now_ns() - d[i_t0])
         return m
 
     return gather, publish
@@ -245,6 +248,8 @@ class InferenceAgent(Agent):
     name = "inference"
     COUNTERS = ("batches", "scored", "features_skipped", "alerts", "scored_anomaly", "scored_direction", "cold")
     SPINS = False  # conflated and rate-limited: polling the board between passes needs no spinning core
+    #: one scoring pass, board read (or queue peek) to the last SCORE written: what the models cost in the run
+    AUX_HIST = "pass"
 
     def on_start(self, ctx: AgentContext) -> None:
         super().on_start(ctx)
@@ -309,7 +314,7 @@ class InferenceAgent(Agent):
             "ka": pack.scalar(ka), "kd": pack.scalar(kd), "skipped": pack.scalar(0),
             "fparams": pack.add(np.array([self.threshold, self.inv_threshold, self.tau_ms], np.float64)),
             "model_id": pack.scalar(self.model_id), "hop": pack.add(ctx.hist_hop), "e2e": pack.add(ctx.hist_e2e),
-            "ctr": pack.add(self.ctr), "ew": pack.add(self.ew),
+            "ctr": pack.add(self.ctr), "ew": pack.add(self.ew), "t0": pack.scalar(0), "pass": pack.add(ctx.hist_aux),
         }
         gather, publish = build_pass(ix, self.n)
         self.gather, self.publish = cstep.bind(gather, pack), cstep.bind(publish, pack)
@@ -358,6 +363,7 @@ class InferenceAgent(Agent):
         k = min(k, self.q_prod.claim(k))
         if k == 0:
             return 0  # the strategy is behind: the queue keeps the features until it catches up
+        t0 = lib.tp_now_ns()
         slots, cap = self.q_in.slots, self.q_in.capacity
         start = self.q_cons.position & self.q_in.mask
         first = min(k, cap - start)
@@ -369,6 +375,7 @@ class InferenceAgent(Agent):
                     self.ctx.hist_hop, self.ctx.hist_e2e, self.ctr, 0, self.tau_ms, self.ew)
         self.q_prod.write(self.out[:k])
         self.q_cons.release(k)
+        hdr.record(self.ctx.hist_aux, lib.tp_now_ns() - t0)  # the strategy has the scores from here
         last = newest_per_symbol(self.out, k, self.last_of)
         s_addr, size, base = self.scores.addr, SCORE.dtype.itemsize, address(self.out)
         for j in last:

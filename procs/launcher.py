@@ -542,7 +542,8 @@ class Launcher:
         labels = {"feed.hop": "feed.lateness", "feed.e2e": None, "book.hop": "feed→book",
                   "book.e2e": "origin→book", "strategy.hop": "book→strategy",
                   "strategy.e2e": "tick_to_decision", "inference.hop": "book→inference",
-                  "inference.e2e": "origin→score", "strategy.decision": "strategy.decision"}
+                  "inference.e2e": "origin→score", "strategy.decision": "strategy.decision",
+                  "inference.pass": "inference.pass"}
         hists = {labels[k]: Histogram(v) for k, v in counts.items() if labels.get(k)}
         hists["orders.sink_poll"] = Histogram(sink.hop)
         counters = {}
