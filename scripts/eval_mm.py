@@ -524,6 +524,8 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
            "quotes_ratio": in_sum / exp_sum if exp_sum > 0 else None,
            "flagged": sum(1 for w in windows if (w.get("flag") or {}).get("flagged_samples")) if flags is not None
            else None,
+           # the launcher samples the board every 5 ms of wall time: that much exchange time x the speed
+           "flag_sample_speed": ((summary.get("meta") or {}).get("config") or {}).get("source", {}).get("speed"),
            "by_kind": {k: {"windows": sum(1 for w in windows if w["kind"] == k),
                            "stopped": sum(1 for w in windows if w["kind"] == k and w["stopped"])}
                        for k in sorted({w["kind"] for w in windows})}}
@@ -628,8 +630,10 @@ def format_text(rep: dict[str, Any]) -> str:
                  f"(ratio {a['quotes_ratio'] if a['quotes_ratio'] is None else round(a['quotes_ratio'], 3)})")
     L.append(f"  by kind: {a['by_kind']}")
     if a.get("flagged") is not None:
-        L.append(f"  the model's flag (scores.csv, sampled every 5 ms): raised in {a['flagged']} of "
-                 f"{a['windows_observed']} windows")
+        sp = a.get("flag_sample_speed")
+        how = ("sampled every 5 ms of wall time: at speed 0 that spans far more exchange time, so a short flag can "
+               "be missed" if sp == 0 else "sampled every 5 ms" + (f" ({5 * sp:g} ms of exchange time)" if sp else ""))
+        L.append(f"  the model's flag (scores.csv, {how}): raised in {a['flagged']} of {a['windows_observed']} windows")
     if not rep["integrity"]["complete"]:
         L.append(f"WARNING: records were lost, the reconstruction is incomplete: {rep['integrity']['lost_records']}")
     v = rep["verdict"]
