@@ -34,14 +34,17 @@ inference a core of its own, and it sleeps between passes (SPINS = False).
 
 from __future__ import annotations
 
+import csv
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numba import carray, cfunc, njit
 
+from procs import scorelog
 from procs.agent import Agent, AgentContext
 from procs.config import DEFAULT_DIRECTION_MODEL, FEATURES_QUEUE, SCORES_QUEUE, InferenceConfig
 from procs.kernels import cstep
@@ -293,6 +296,12 @@ class InferenceAgent(Agent):
             self.q_out = SpscRing.attach(ctx.run, SCORES_QUEUE, SCORE)
             self.q_prod = self.q_out.producer()
             self.last_of = np.full(max(n, 1), -1, np.int64)
+            # scores.csv: every SCORE, written here (the launcher's board sample would miss most at speed 0)
+            self.names = np.array([*ctx.symbols, "?"], dtype=object)
+            self._log_file = (Path(ctx.run_dir) / "scores.csv").open("w", newline="")
+            self._log = csv.writer(self._log_file)
+            self._log.writerow(scorelog.COLUMNS)
+            self._log_dirty = False
         self._build_pass(ctx)
         # warm up ONNX Runtime (first run allocates and plans) and the compiled kernels, on scratch copies
         for k in sorted({1, n}):
@@ -359,6 +368,9 @@ class InferenceAgent(Agent):
         queue; the newest of each symbol also goes to the board (the launcher's scores.csv reads it)."""
         k = self.q_cons.peek(QUEUE_BATCH)
         if k == 0:
+            if self._log_dirty:  # idle: scores.csv onto disk, so that a run's end finds it whole
+                self._log_file.flush()
+                self._log_dirty = False
             return 0
         k = min(k, self.q_prod.claim(k))
         if k == 0:
@@ -376,6 +388,9 @@ class InferenceAgent(Agent):
         self.q_prod.write(self.out[:k])
         self.q_cons.release(k)
         hdr.record(self.ctx.hist_aux, lib.tp_now_ns() - t0)  # the strategy has the scores from here
+        out = self.out[:k]
+        self._log.writerows(scorelog.rows(out, self.names[np.minimum(out["symbol"], len(self.names) - 1)]))
+        self._log_dirty = True
         last = newest_per_symbol(self.out, k, self.last_of)
         s_addr, size, base = self.scores.addr, SCORE.dtype.itemsize, address(self.out)
         for j in last:
@@ -414,6 +429,7 @@ class InferenceAgent(Agent):
         if self.lockstep:
             self.q_in.close()
             self.q_out.close()
+            self._log_file.close()
 
 
 AGENT = InferenceAgent

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from procs import one_blas_thread, prom, report, results
+from procs import one_blas_thread, prom, report, results, scorelog
 from procs import placement as pl
 from procs.config import FEATURES_QUEUE, SCORES_QUEUE, Config
 from procs.host import HostSpec, host_main
@@ -41,16 +41,12 @@ from shm.records import (
     BOOK,
     FEATURES,
     FILL,
-    FLAG_ANOMALY,
     FLAG_POST_ONLY,
     MARKET,
     ORDER,
     PRICE_SCALE,
     QTY_SCALE,
     SCORE,
-    SCORE_ANOMALY,
-    SCORE_ANOMALY_RAW,
-    SCORE_UP,
 )
 from shm.ring import Board, SpscRing
 from shm.segment import cleanup_dead, new_run_id, remove_run
@@ -118,7 +114,7 @@ class OrdersSink:
                      "mid_at_decision", "post_only")
     FILL_COLUMNS = ("exch_ts_ms", "symbol", "tag", "client_order_id", "side", "status", "price", "qty",
                     "leaves_qty", "fee", "liquidity", "reason", "order_ts_ms", "mid_at_decision")
-    SCORE_COLUMNS = ("exch_ts_ms", "symbol", "anomaly", "anomaly_raw", "flag", "p_up", "skipped")
+    SCORE_COLUMNS = scorelog.COLUMNS
 
     def __init__(self, ring: SpscRing, fills: SpscRing | None, run_dir: Path, symbols: list[str],
                  scores: Board | None = None) -> None:
@@ -204,11 +200,7 @@ class OrdersSink:
             got = b.read(s, rec)
             if got == 0 or got == seen[s]:
                 continue
-            r = rec[0]
-            v = r["values"]
-            self.sw.writerow((int(r["exch_ts_ms"]), name, f"{v[SCORE_ANOMALY]:.6g}", f"{v[SCORE_ANOMALY_RAW]:.6g}",
-                              1 if int(r["flags"]) & FLAG_ANOMALY else 0, f"{v[SCORE_UP]:.6g}",
-                              max(0, got - seen[s] - 1)))
+            self.sw.writerow(scorelog.row(rec[0], name, max(0, got - seen[s] - 1)))
             seen[s] = got
             self.scores_count += 1
 
@@ -280,7 +272,8 @@ class Launcher:
                     q = SpscRing.create(self.run, name, layout, cfg.rings.book)
                     q.enable_park()
                     rings.append(q)
-            sink = OrdersSink(orders, fills, self.run_dir, self.symbols, scores)
+            # lockstep: the inference stage writes scores.csv itself, every SCORE (a sample would miss some)
+            sink = OrdersSink(orders, fills, self.run_dir, self.symbols, None if cfg.lockstep_on() else scores)
             self._view = prom.view_of(state, self.agents, self.groups, self.symbols, rings, sink,
                                       {"run": self.run, "source": self._source_text(),
                                        "placement": pl.format_placement(self.groups)}, lib.tp_now_ns)
@@ -567,7 +560,10 @@ class Launcher:
                 "config": self.config.to_dict(), "host": _host_info(),
                 "orders_file": {"path": "orders.csv", "records": sink.count},
                 "fills_file": {"path": "fills.csv", "records": sink.fills_count},
-                "scores_file": {"path": "scores.csv", "records": sink.scores_count},
+                "scores_file": {"path": "scores.csv", "records": counters["inference"].get("scored", 0)
+                                if self.config.lockstep_on() else sink.scores_count,
+                                "writer": "inference (every SCORE)" if self.config.lockstep_on()
+                                else "launcher (5 ms sample of the board)"},
                 "stages": {a: {"pid": int(stats[self.ids[a]]["pid"]), "cpu": int(stats[self.ids[a]]["cpu"]),
                                "state": metrics.STATE_NAMES.get(int(stats[self.ids[a]]["state"]), "?"),
                                "loops": int(stats[self.ids[a]]["loops"]), "parks": int(stats[self.ids[a]]["parks"])}

@@ -524,8 +524,10 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
            "quotes_ratio": in_sum / exp_sum if exp_sum > 0 else None,
            "flagged": sum(1 for w in windows if (w.get("flag") or {}).get("flagged_samples")) if flags is not None
            else None,
-           # the launcher samples the board every 5 ms of wall time: that much exchange time x the speed
+           # the launcher samples the board every 5 ms of wall time (that much exchange time x the speed); in
+           # lockstep the inference stage writes every score instead
            "flag_sample_speed": ((summary.get("meta") or {}).get("config") or {}).get("source", {}).get("speed"),
+           "flag_every_score": bool((summary.get("meta") or {}).get("lockstep")),
            "by_kind": {k: {"windows": sum(1 for w in windows if w["kind"] == k),
                            "stopped": sum(1 for w in windows if w["kind"] == k and w["stopped"])}
                        for k in sorted({w["kind"] for w in windows})}}
@@ -631,7 +633,8 @@ def format_text(rep: dict[str, Any]) -> str:
     L.append(f"  by kind: {a['by_kind']}")
     if a.get("flagged") is not None:
         sp = a.get("flag_sample_speed")
-        how = ("sampled every 5 ms of wall time: at speed 0 that spans far more exchange time, so a short flag can "
+        how = ("every score, lockstep" if a.get("flag_every_score") else
+               "sampled every 5 ms of wall time: at speed 0 that spans far more exchange time, so a short flag can "
                "be missed" if sp == 0 else "sampled every 5 ms" + (f" ({5 * sp:g} ms of exchange time)" if sp else ""))
         L.append(f"  the model's flag (scores.csv, {how}): raised in {a['flagged']} of {a['windows_observed']} windows")
     if not rep["integrity"]["complete"]:

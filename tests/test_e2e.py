@@ -122,8 +122,8 @@ def test_max_messages_stops_the_run(tmp_path: Path, data_dir: Path) -> None:
     assert_counts_add_up(s)
 
 
-#: the run folder's files that hold decisions, fills and P&L (all on exchange time, none on the wall clock)
-DECISION_FILES = ("orders.csv", "fills.csv", "equity.csv", "risk_events.csv")
+#: the run folder's files that hold decisions, fills, P&L and (lockstep) every score: all on exchange time
+DECISION_FILES = ("orders.csv", "fills.csv", "equity.csv", "risk_events.csv", "scores.csv")
 
 
 def _lockstep_twice(tmp_path: Path, *args: str) -> tuple[list[Path], list[dict]]:
@@ -139,7 +139,9 @@ def _lockstep_twice(tmp_path: Path, *args: str) -> tuple[list[Path], list[dict]]
         assert c["inference"]["scored"] == c["book"]["books_out"] == c["strategy"]["books_in"]
         assert c["inference"]["features_skipped"] == 0
         assert c["strategy"]["score_mismatch"] == 0
+        assert s["meta"]["scores_file"]["records"] == c["inference"]["scored"]
         dirs.append(next(p for p in out.iterdir() if p.is_dir()))
+        assert len((dirs[-1] / "scores.csv").read_text().splitlines()) == 1 + c["inference"]["scored"]
         sums.append(s)
         no_segments_left(out)
     return dirs, sums

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from procs import inference as inf
+from procs import scorelog
 from procs.agent import AgentContext
 from procs.config import FEATURES_QUEUE, SCORES_QUEUE, Config
 from procs.inference import InferenceAgent, fill_scores, load_models, pair_id
@@ -216,10 +217,28 @@ def test_lockstep_scores_every_queued_vector_in_order(run_id: str, tmp_path: Pat
             assert st.score(s)["feature_seq"] == 1 + max(i for i in range(12) if recs["symbol"][i] == s)
         c = st.counters()
         assert c["scored"] == 12 and c["features_skipped"] == 0 and c["batches"] == 2
+        # scores.csv: every SCORE, in order, written by the stage itself in lockstep
+        assert st.agent.do_work() == 0  # idle: the file is flushed
+        lines = (tmp_path / "scores.csv").read_text().splitlines()
+        assert lines[0] == ",".join(scorelog.COLUMNS) and len(lines) == 13
+        assert [ln.split(",")[1] for ln in lines[1:]] == [SYMS[s] for s in recs["symbol"]]
+        assert lines[1:] == [",".join(map(str, scorelog.row(g, SYMS[int(g["symbol"])], 0))) for g in got]
     finally:
         st.close()
         qf.close()
         qs.close()
+
+
+def test_scorelog_rows_match_row() -> None:
+    """The column-wise formatter writes exactly what the launcher's per-record one does."""
+    rng = np.random.default_rng(4)
+    recs = np.zeros(50, SCORE.dtype)
+    recs["exch_ts_ms"] = rng.integers(1, 2**41, 50)
+    recs["values"] = rng.normal(size=(50, SCORE_N_VALUES)) * 10.0 ** rng.integers(-9, 9, (50, 1))
+    recs["values"][3, SCORE_UP] = np.nan
+    recs["flags"] = rng.choice([0, FLAG_ANOMALY, FLAG_ANOMALY | 1], 50)
+    names = np.array([f"S{i % 3}" for i in range(50)], dtype=object)
+    assert scorelog.rows(recs, names) == [scorelog.row(r, n, 0) for r, n in zip(recs, names, strict=True)]
 
 
 def test_newest_per_symbol() -> None:
