@@ -365,7 +365,8 @@ class InferenceAgent(Agent):
 
     def _do_queue(self) -> int:
         """lockstep: score the next FEATURES records of the queue, in order, one SCORE each into the scores
-        queue; the newest of each symbol also goes to the board (the launcher's scores.csv reads it)."""
+        queue and scores.csv; the newest of each symbol also goes to the board (Prometheus and any other
+        reader of the board see the same as in a conflated run)."""
         k = self.q_cons.peek(QUEUE_BATCH)
         if k == 0:
             if self._log_dirty:  # idle: scores.csv onto disk, so that a run's end finds it whole
@@ -376,12 +377,7 @@ class InferenceAgent(Agent):
         if k == 0:
             return 0  # the strategy is behind: the queue keeps the features until it catches up
         t0 = lib.tp_now_ns()
-        slots, cap = self.q_in.slots, self.q_in.capacity
-        start = self.q_cons.position & self.q_in.mask
-        first = min(k, cap - start)
-        self.rows[:first] = slots[start:start + first]
-        if k > first:
-            self.rows[first:k] = slots[:k - first]
+        self.q_cons.copy_into(self.rows, k)  # released once their SCOREs are in the scores queue
         a, d = self._score(k)
         fill_scores(self.out, self.rows, k, a, d, self.threshold, self.inv_threshold, self.model_id, lib.tp_now_ns(),
                     self.ctx.hist_hop, self.ctx.hist_e2e, self.ctr, 0, self.tau_ms, self.ew)

@@ -382,15 +382,19 @@ class Consumer:
     def read(self, max_n: int) -> np.ndarray:
         """Copy out up to `max_n` records (handling the wrap) and release them."""
         k = lib.tp_peek(self.addr, self.index, max_n)
+        out = np.empty(k, dtype=self.ring.slots.dtype)
+        self.copy_into(out, k)
+        lib.tp_release(self.addr, self.index, k)
+        return out
+
+    def copy_into(self, out: np.ndarray, k: int) -> None:
+        """Copy the next k readable records (k <= peek's count) into out[:k], handling the wrap; no release."""
         slots = self.ring.slots
         start = lib.tp_cons_pos(self.addr, self.index) & self.ring.mask
         first = min(k, self.ring.capacity - start)
-        out = np.empty(k, dtype=slots.dtype)
         out[:first] = slots[start:start + first]
         if k > first:
-            out[first:] = slots[:k - first]
-        lib.tp_release(self.addr, self.index, k)
-        return out
+            out[first:k] = slots[:k - first]
 
     def park(self, timeout_ns: int) -> bool:
         """Sleep until the producer publishes or `timeout_ns` passes; False on timeout.

@@ -63,6 +63,18 @@ def test_wraparound_many_times_preserves_order(run_id: str) -> None:
         assert ring.consumer_position(0) == read
 
 
+def test_copy_into_across_the_wrap_releases_nothing(run_id: str) -> None:
+    with SpscRing.create(run_id, "r", R.BENCH, 8) as ring:
+        p, c = ring.producer(), ring.consumer()
+        assert p.write(_batch(0, 6)) == 6 and len(c.read(6)) == 6
+        assert p.write(_batch(6, 5)) == 5  # positions 6..10: slots 6, 7, 0, 1, 2
+        out = np.zeros(8, R.BENCH.dtype)
+        c.copy_into(out, c.peek(8))
+        assert list(out["value"][:5]) == [6, 7, 8, 9, 10] and (out["value"][5:] == 0).all()
+        assert ring.lag(0) == 5  # still there: the caller releases when it is done with them
+        assert list(c.read(8)["value"]) == [6, 7, 8, 9, 10]
+
+
 def test_claim_publish_peek_release_batch_edges(run_id: str) -> None:
     with SpscRing.create(run_id, "r", R.BENCH, 4) as ring:
         p, c = ring.producer(), ring.consumer()
